@@ -1,0 +1,360 @@
+"""Format backends behind :func:`open_slide`: TIFF family, OME-Zarr, plain images."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from .slide import MAX_SIDE, PLAUSIBLE_MPP, Slide, SlideError
+
+TIFF_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".btf", ".tf8", ".scn", ".bif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+_UNIT_TO_UM = {
+    "nm": 1e-3, "nanometer": 1e-3,
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "micrometer": 1.0, "microns": 1.0,
+    "mm": 1e3, "millimeter": 1e3,
+    "cm": 1e4, "centimeter": 1e4,
+}  # fmt: skip
+
+
+def open_any(path: Path) -> Slide:
+    if path.is_dir():
+        if _is_zarr(path):
+            return open_ome_zarr(path)
+        raise SlideError(f"{path}: is a folder but not an OME-Zarr image (no .zattrs or zarr.json)")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise SlideError(f"{path}: the file is empty")
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return open_tiff(path)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:2] == b"BM":
+        return open_image(path)
+    suffix = "".join(path.suffixes[-2:]).lower()
+    raise SlideError(
+        f"{path}: unsupported format ({suffix or 'no extension'}); napari-mitosis reads SVS, NDPI, "
+        "OME-TIFF, tiled TIFF, OME-Zarr, PNG and JPEG. Convert it, e.g. to OME-TIFF with bfconvert."
+    )
+
+
+# ----------------------------------------------------------------------------- TIFF
+def open_tiff(path: Path) -> Slide:
+    import tifffile
+    import zarr
+
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise SlideError(f"{path}: not a readable TIFF, the file is truncated or corrupt ({exc})") from exc
+    try:
+        if not tf.series:
+            raise SlideError(f"{path}: the TIFF holds no image")
+        series = tf.series[0]
+        fmt = "svs" if tf.is_svs else "ndpi" if tf.is_ndpi else "ome-tiff" if tf.is_ome else "tiff"
+        _check_tiff_series(path, tf, series)
+        size = os.path.getsize(path)
+        levels = []
+        for i, lev in enumerate(series.levels):
+            _check_offsets(path, lev, size, i)
+            store = series.aszarr(level=i)
+            z = zarr.open(store, mode="r")
+            if not hasattr(z, "shape"):  # a pyramid group: pick the level's array
+                z = z[str(i)]
+            arr = da.from_zarr(z, name=f"tiff-{path}-{os.path.getmtime(path)}-{i}", inline_array=True)
+            levels.append(_to_rgb(path, arr, lev.axes))
+        mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
+        associated = _tiff_associated(tf, fmt)
+    except BaseException:
+        tf.close()
+        raise
+    return Slide(
+        path=path,
+        levels=levels,
+        mpp=mpp,
+        objective_power=objective,
+        format=fmt,
+        mpp_source=mpp_source,
+        file_levels=len(levels),
+        _associated=associated,
+        _closers=[tf.close],
+    )
+
+
+def _check_tiff_series(path, tf, series):
+    shape = dict(zip(series.axes, series.shape, strict=True))
+    h, w = shape.get("Y", 0), shape.get("X", 0)
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise SlideError(
+            f"{path}: claims an image of {w} x {h} pixels, which no slide has; the file is corrupt or not a slide"
+        )
+    if series.dtype != np.uint8:
+        bits = np.dtype(series.dtype).itemsize * 8
+        raise SlideError(
+            f"{path}: {bits}-bit {series.dtype} pixels; napari-mitosis reads 8-bit RGB bright-field slides. "
+            "Convert it to 8-bit RGB (e.g. with QuPath or bfconvert) first."
+        )
+    samples = shape.get("S", shape.get("C", 1))
+    if samples not in (3, 4):
+        what = "grayscale" if samples == 1 else f"{samples}-channel"
+        raise SlideError(
+            f"{path}: a {what} image; napari-mitosis needs RGB bright-field (H&E) slides. "
+            "Fluorescence or grayscale images are not supported."
+        )
+
+
+def _check_offsets(path, level, file_size, index):
+    """A truncated file has tiles that point past its end: say so now, not mid-view."""
+    for page in level.pages:
+        if page is None:
+            continue
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if offsets.size == 0:
+            raise SlideError(f"{path}: level {index} has no image data; the file is corrupt")
+        present = counts > 0
+        if present.any() and int((offsets + counts)[present].max()) > file_size:
+            raise SlideError(
+                f"{path}: level {index} refers to data past the end of the file ({file_size} bytes): "
+                "the file is truncated (an interrupted copy or download?). Copy it again."
+            )
+
+
+def _to_rgb(path, arr: da.Array, axes: str) -> da.Array:
+    """Reorder a tifffile/OME array to ``(Y, X, 3)``, dropping singleton axes."""
+    index = []
+    keep = []
+    for ax, n in zip(axes, arr.shape, strict=True):
+        if ax in "YXSC":
+            index.append(slice(None))
+            keep.append(ax)
+        else:
+            index.append(0)  # first T / Z / I plane
+    arr = arr[tuple(index)]
+    if "S" not in keep and "C" in keep:
+        keep = ["S" if a == "C" else a for a in keep]
+    elif "S" in keep and "C" in keep:  # S samples, C channels: take first channel
+        arr = arr[tuple(0 if a == "C" else slice(None) for a in keep)]
+        keep.remove("C")
+    order = [keep.index(a) for a in "YXS"]
+    arr = arr.transpose(order)
+    if arr.shape[2] == 4:  # RGBA: composite over white glass
+        arr = da.map_blocks(_rgba_over_white, arr.rechunk({2: -1}), dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),))
+    return arr.rechunk({2: -1})
+
+
+def _rgba_over_white(block):
+    rgb = block[..., :3].astype(np.uint16)
+    a = block[..., 3:4].astype(np.uint16)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _tiff_pixel_size(tf, series, fmt):
+    """(mpp, source, objective power) from SVS, OME-XML, NDPI or resolution tags."""
+    page = tf.pages.first if hasattr(tf.pages, "first") else tf.pages[0]
+    objective = None
+    if fmt == "svs":
+        meta = _svs_description(page.description)
+        objective = _float(meta.get("AppMag"))
+        mpp = _float(meta.get("MPP"))
+        if mpp:
+            return mpp, "svs", objective
+    if fmt == "ome-tiff":
+        mpp, objective = _ome_xml_pixel_size(tf.ome_metadata)
+        if mpp:
+            return mpp, "ome", objective
+    if fmt == "ndpi":
+        tags = getattr(page, "ndpi_tags", None) or {}
+        objective = _float(tags.get("Magnification"))
+    mpp = _resolution_tags_mpp(page, tf)
+    if mpp:
+        return mpp, "resolution-tags", objective
+    return None, "unknown", objective
+
+
+def _svs_description(description: str) -> dict:
+    """``key = value`` pairs of an Aperio ImageDescription (``...|MPP = 0.499|AppMag = 20``)."""
+    out = {}
+    for part in (description or "").split("|")[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _ome_xml_pixel_size(xml: str | None):
+    if not xml:
+        return None, None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    images = [el for el in root.iter() if el.tag.endswith("}Image") or el.tag == "Image"]
+    image = images[0] if images else None  # we read the first series, the first Image
+    mpp = objective = None
+    if image is not None:
+        for pixels in image:
+            if pixels.tag.endswith("Pixels"):
+                size = _float(pixels.get("PhysicalSizeX"))
+                unit = pixels.get("PhysicalSizeXUnit", "µm")
+                if size and unit in _UNIT_TO_UM:
+                    mpp = size * _UNIT_TO_UM[unit]
+    for el in root.iter():
+        if el.tag.endswith("Objective"):
+            objective = _float(el.get("NominalMagnification"))
+            break
+    return mpp, objective
+
+
+def _resolution_tags_mpp(page, tf):
+    tags = page.tags
+    xres = tags.get("XResolution")
+    unit = tags.get("ResolutionUnit")
+    if xres is None:
+        return None
+    num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
+    if not num or not den:
+        return None
+    px_per_unit = num / den
+    unit_value = int(unit.value) if unit is not None else 2
+    if unit_value == 3:  # centimetre
+        return 1e4 / px_per_unit
+    if unit_value == 2:  # inch
+        return 25400.0 / px_per_unit
+    ij = tf.imagej_metadata or {}
+    if str(ij.get("unit", "")).lower() in _UNIT_TO_UM:  # ImageJ: unit NONE + 'unit' key
+        return _UNIT_TO_UM[str(ij["unit"]).lower()] / px_per_unit
+    return None
+
+
+def _tiff_associated(tf, fmt):
+    out = {}
+    if fmt not in ("svs", "ndpi"):
+        return out
+    for index, s in enumerate(tf.series[1:], start=1):
+        name = (s.name or "").strip().lower()
+        if name in ("thumbnail", "label", "macro"):
+            out[name] = _series_reader(tf, index)
+    return out
+
+
+def _series_reader(tf, index):
+    def read():
+        img = tf.series[index].asarray()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+
+    return read
+
+
+def _float(value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+# -------------------------------------------------------------------------- OME-Zarr
+def _is_zarr(path: Path) -> bool:
+    return any((path / f).exists() for f in (".zattrs", "zarr.json", ".zgroup"))
+
+
+def open_ome_zarr(path: Path) -> Slide:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise SlideError(f"{path}: not a readable Zarr group ({exc})") from exc
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise SlideError(f"{path}: a Zarr group without OME-NGFF 'multiscales' metadata; not an OME-Zarr image")
+    ms = multiscales[0]
+    axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", ["t", "c", "z", "y", "x"])]
+    units = {a["name"]: a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict)}
+    levels, scales = [], []
+    for i, ds in enumerate(ms["datasets"]):
+        arr = group[ds["path"]]
+        if arr.dtype != np.uint8:
+            raise SlideError(
+                f"{path}: {arr.dtype} pixels; napari-mitosis reads 8-bit RGB bright-field slides. Convert to 8-bit RGB."
+            )
+        d = da.from_zarr(arr, name=f"omezarr-{path}-{i}", inline_array=True)
+        ax = "".join({"c": "C", "y": "Y", "x": "X"}.get(a.lower(), "Q") for a in axes)
+        if "C" not in ax or d.shape[ax.index("C")] not in (3, 4):
+            n = d.shape[ax.index("C")] if "C" in ax else 1
+            raise SlideError(f"{path}: a {n}-channel image; napari-mitosis needs RGB bright-field (H&E) slides.")
+        levels.append(_to_rgb(path, d, ax))
+        scale = None
+        for t in ds.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = t["scale"]
+        scales.append(scale)
+    mpp = None
+    if scales[0] is not None and "x" in [a.lower() for a in axes]:
+        xi = [a.lower() for a in axes].index("x")
+        unit = (units.get(axes[xi]) or "").lower()
+        if unit in _UNIT_TO_UM:
+            mpp = float(scales[0][xi]) * _UNIT_TO_UM[unit]
+    return Slide(
+        path=path,
+        levels=levels,
+        mpp=mpp,
+        format="ome-zarr",
+        mpp_source="ome-zarr" if mpp else "unknown",
+        file_levels=len(levels),
+    )
+
+
+# ------------------------------------------------------------------- plain images
+def open_image(path: Path) -> Slide:
+    """PNG / JPEG / BMP: decoded once into memory (they are not tiled), pyramid built lazily."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w > MAX_SIDE or h > MAX_SIDE:
+                raise SlideError(f"{path}: claims an image of {w} x {h} pixels; the file is corrupt")
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise SlideError(
+                    f"{path}: 16/32-bit pixels ({mode}); napari-mitosis reads 8-bit RGB bright-field images. "
+                    "Convert it to 8-bit RGB first."
+                )
+            if mode in ("L", "1", "LA"):
+                raise SlideError(
+                    f"{path}: a grayscale image; napari-mitosis needs RGB bright-field (H&E) images."
+                )
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_SIDE * 1000)
+            im.load()
+            if mode == "RGBA" or (mode == "P" and "transparency" in im.info):
+                rgba = np.asarray(im.convert("RGBA"))
+                rgb = _rgba_over_white(rgba)
+            else:
+                rgb = np.asarray(im.convert("RGB"))
+            dpi = im.info.get("dpi")
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"{path}: cannot decode the image, it is truncated or corrupt ({exc})") from exc
+    mpp = 25400.0 / float(dpi[0]) if dpi and _float(dpi[0]) else None
+    if mpp is not None and not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        mpp = None  # 72 or 96 dpi: a screen default, not a pixel size
+    base = da.from_array(rgb, chunks=(1024, 1024, 3), name=f"image-{path}-{os.path.getmtime(path)}")
+    return Slide(
+        path=path,
+        levels=[base],
+        mpp=mpp,
+        format="image",
+        mpp_source="resolution-tags" if mpp else "unknown",
+    )
+

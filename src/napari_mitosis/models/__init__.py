@@ -1,0 +1,1 @@
+"""Networks, the model registry and shipped weights (arrives with the analysis issues)."""

@@ -1,0 +1,1 @@
+"""Dock widgets (Qt). Thin: they read parameters, start workers and add layers."""
