@@ -6,14 +6,15 @@ generator between two yields cancels it) and the CLI (:func:`run`).
 
 Examples
 --------
->>> import numpy as np
->>> from napari_mitosis.core.synthetic import synthetic_he
->>> rgb = synthetic_he((256, 256), seed=0, tissue="full")[0]
 >>> def task():
-...     yield Progress(0, 1, "start")
-...     return rgb.mean() > 0
->>> run(task())
-True
+...     for i in range(3):
+...         yield Progress(i, 3, "working")
+...     return "result"
+>>> seen = []
+>>> run(task(), on_progress=seen.append)
+'result'
+>>> [p.done for p in seen]
+[0, 1, 2]
 """
 
 from __future__ import annotations

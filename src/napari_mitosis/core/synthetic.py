@@ -133,6 +133,14 @@ class SyntheticHE:
         tumour = np.clip((fbm(yu, xu, 260.0, octaves=3, seed=s, salt=3) - 0.47) / 0.03, 0, 1)
         return tissue, lumen, tumour.astype(np.float32)
 
+    def tissue_truth(self, downsample: float = 32.0) -> np.ndarray:
+        """The true tissue mask (tissue minus lumina), sampled every ``downsample`` px."""
+        h, w = self.shape
+        ys = (np.arange(int(np.ceil(h / downsample))) + 0.5) * downsample * self.mpp
+        xs = (np.arange(int(np.ceil(w / downsample))) + 0.5) * downsample * self.mpp
+        tissue, lumen, _ = self._fields(ys, xs)
+        return (tissue > 0.5) & ~lumen
+
     # ------------------------------------------------------------------- cells
     def _sites(self, i0, i1, j0, j1):
         """Attributes of the occupied lattice sites ``[i0, i1) x [j0, j1)``.

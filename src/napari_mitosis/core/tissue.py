@@ -123,7 +123,9 @@ def tissue_mask(
     mask = (sat > sat_thr) & (od > 0.12)
 
     if exclude_pen:
-        pen = (hue > 0.17) & (hue < 0.62) & (sat > 0.15)  # green, cyan, blue ink
+        green_cyan = (hue > 0.17) & (hue < 0.6) & (sat > 0.15)
+        blue = (hue >= 0.6) & (hue < 0.67) & (sat > 0.4)  # hematoxylin is purpler (hue > 0.68)
+        pen = green_cyan | blue
         dark_grey = (val < 0.25) & (sat < 0.25)  # black ink, slide edges, dust
         mask &= ~(pen | dark_grey)
 

@@ -53,7 +53,7 @@ def open_tiff(path: Path) -> Slide:
         raise SlideError(f"{path}: not a readable TIFF, the file is truncated or corrupt ({exc})") from exc
     try:
         if not tf.series:
-            raise SlideError(f"{path}: the TIFF holds no image")
+            raise SlideError(f"{path}: the TIFF holds no image; the file is corrupt or truncated")
         series = tf.series[0]
         fmt = "svs" if tf.is_svs else "ndpi" if tf.is_ndpi else "ome-tiff" if tf.is_ome else "tiff"
         _check_tiff_series(path, tf, series)

@@ -1,0 +1,428 @@
+"""Benchmark opening whole-slide images and reading a full-resolution region.
+
+For every slide, each run happens in a FRESH Python subprocess (so module
+imports, file caches inside the libraries and resident memory are honest):
+
+a. ``open_slide(path)`` + building the napari layer object
+   ``napari.layers.Image(data, **kwargs)`` from ``layer_data(slide)``
+   (headless: no viewer, no Qt). The clock starts after ``napari``,
+   ``napari_mitosis`` and the libraries the reader imports lazily (tifffile,
+   zarr, imagecodecs) are imported; import time is reported separately.
+   Resident memory (RSS, psutil) is taken before opening and after the layer
+   is built.
+b. reading a 2048 x 2048 region at full resolution from the middle of the
+   slide with ``slide.read_region(0, x, y, 2048, 2048)`` (dask, default
+   threaded scheduler) against tifffile decoding exactly the same tiles
+   directly (``fh.seek``/``fh.read`` of each tile, ``page.decode``, placed into
+   an array), single-threaded and with a pool of 2 threads. Each is warmed up
+   once, then the best of 5 runs is kept. As a diagnostic the dask read is also
+   timed with the synchronous (single-thread) scheduler.
+
+Prints markdown tables and writes ``benchmarks/results.json``.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_slide_open.py                  # generated + shared slides
+    .venv/bin/python benchmarks/bench_slide_open.py --slides a.svs b.ome.tif --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+SHARED = ROOT.parent / "shared" / "data" / "slides"
+REGION = 2048
+REPEATS = 5
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".btf", ".zarr")
+
+
+# ============================================================== worker process
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _best(fn, repeats: int) -> tuple[float, list[float]]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), times
+
+
+def _tile_indices(page, x: int, y: int, w: int, h: int):
+    """Linear indices of the page's tiles (or strips) covering a region, and the grid origin."""
+    cl, cw = page.chunks[0], page.chunks[1]
+    across = -(-page.imagewidth // cw)
+    ty0, ty1 = y // cl, (y + h - 1) // cl
+    tx0, tx1 = x // cw, (x + w - 1) // cw
+    idx = [ty * across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+    return idx, (ty0 * cl, tx0 * cw), ((ty1 - ty0 + 1) * cl, (tx1 - tx0 + 1) * cw)
+
+
+def _tifffile_reader(path: Path, x: int, y: int, w: int, h: int):
+    """Closures decoding the region's tiles with tifffile directly: 1 thread and a pool of 2."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import tifffile
+
+    tf = tifffile.TiffFile(path)
+    page = tf.series[0].levels[0].pages[0]  # level-0 page (keyframe)
+    fh = tf.filehandle
+    idx, (oy, ox), (gh, gw) = _tile_indices(page, x, y, w, h)
+    offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
+    spp = page.samplesperpixel
+    lock = threading.Lock()
+
+    def place(out, seg, pos, shape):
+        py, px = pos[2] - oy, pos[3] - ox
+        seg = seg.reshape(shape[1], shape[2], -1)
+        hh, ww = min(shape[1], gh - py), min(shape[2], gw - px)
+        out[py : py + hh, px : px + ww] = seg[:hh, :ww, :3]
+
+    def crop(out):
+        return out[y - oy : y - oy + h, x - ox : x - ox + w]
+
+    def read_serial():
+        out = np.empty((gh, gw, min(spp, 3)), np.uint8)
+        for i in idx:
+            fh.seek(offsets[i])
+            data = fh.read(counts[i])
+            seg, pos, shape = page.decode(data, i, jpegtables=tables)
+            place(out, seg, pos, shape)
+        return crop(out)
+
+    pool = ThreadPoolExecutor(2)
+
+    def read_pool():
+        out = np.empty((gh, gw, min(spp, 3)), np.uint8)
+
+        def one(i):
+            with lock:
+                fh.seek(offsets[i])
+                data = fh.read(counts[i])
+            seg, pos, shape = page.decode(data, i, jpegtables=tables)
+            place(out, seg, pos, shape)
+
+        list(pool.map(one, idx))
+        return crop(out)
+
+    def close():
+        pool.shutdown()
+        tf.close()
+
+    info = {
+        "tiles": len(idx),
+        "tile_shape": [int(page.chunks[0]), int(page.chunks[1])],
+        "compression": str(page.compression.name if hasattr(page.compression, "name") else page.compression),
+    }
+    return read_serial, read_pool, close, info
+
+
+def worker(path: Path, repeats: int, profile: str | None) -> dict:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    rss_start = _rss_mb()
+    t = time.perf_counter()
+    import dask
+    import dask.array  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import napari
+    import napari.layers
+    import numpy as np
+    import tifffile  # noqa: F401
+    import zarr  # noqa: F401
+
+    try:  # dask imports it on the first compute() when it is installed: that is import time too
+        import distributed  # noqa: F401
+    except ImportError:
+        pass
+
+    import napari_mitosis
+    import napari_mitosis.io._backends  # noqa: F401
+    from napari_mitosis.io import open_slide
+    from napari_mitosis.io.napari_reader import layer_data
+
+    import_s = time.perf_counter() - t
+    qt_loaded = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6") for m in sys.modules)
+
+    # ---------------------------------------------------------- a. open + layer
+    import gc
+
+    gc.collect()
+    rss_before = _rss_mb()
+    prof = None
+    if profile == "open":
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    slide = open_slide(path)
+    t1 = time.perf_counter()
+    data, kwargs, _ = layer_data(slide)
+    layer = napari.layers.Image(data, **kwargs)
+    t2 = time.perf_counter()
+    if prof is not None:
+        prof.disable()
+    rss_after = _rss_mb()
+    qt_loaded_after = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6") for m in sys.modules)
+    res = {
+        "path": str(path),
+        "file_mb": os.path.getsize(path) / 1e6 if path.is_file() else None,
+        "shape": list(slide.shape),
+        "levels": slide.level_count,
+        "file_levels": slide.file_levels,
+        "format": slide.format,
+        "mpp": slide.mpp,
+        "import_s": import_s,
+        "open_s": t1 - t0,
+        "layer_s": t2 - t1,
+        "open_layer_s": t2 - t0,
+        "rss_start_mb": rss_start,
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
+        "rss_delta_mb": rss_after - rss_before,
+        "qt_loaded": qt_loaded or qt_loaded_after,
+        "layer_type": type(layer).__name__,
+        "versions": {
+            "python": platform.python_version(),
+            "napari": napari.__version__,
+            "napari_mitosis": getattr(napari_mitosis, "__version__", None),
+            "tifffile": tifffile.__version__,
+            "zarr": zarr.__version__,
+            "dask": dask.__version__,
+            "imagecodecs": imagecodecs.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    # the same again in the same process: one-time lazy initialisations (napari's
+    # pint unit registry on its first layer, ...) are now paid; what is left is per slide
+    t3 = time.perf_counter()
+    slide2 = open_slide(path)
+    t4 = time.perf_counter()
+    data2, kwargs2, _ = layer_data(slide2)
+    layer2 = napari.layers.Image(data2, **kwargs2)
+    t5 = time.perf_counter()
+    res.update({"warm_open_s": t4 - t3, "warm_layer_s": t5 - t4, "warm_open_layer_s": t5 - t3, "rss_after_warm_mb": _rss_mb()})
+    del layer2, data2, kwargs2
+    slide2.close()
+    if prof is not None:
+        import io
+        import pstats
+
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(40)
+        res["profile"] = s.getvalue()
+
+    # ------------------------------------------------------------- b. region
+    H, W = slide.shape
+    w, h = min(REGION, W), min(REGION, H)
+    x, y = max(0, W // 2 - w // 2), max(0, H // 2 - h // 2)
+    read_serial, read_pool, close, tinfo = _tifffile_reader(path, x, y, w, h)
+
+    a = slide.read_region(0, x, y, w, h)
+    b = read_serial()
+    c = read_pool()
+    identical = bool(np.array_equal(a, b) and np.array_equal(b, c))
+    max_diff = int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+    if profile == "read":
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(repeats):
+            slide.read_region(0, x, y, w, h)
+        prof.disable()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+        res["profile_read"] = s.getvalue()
+
+    dask_s, dask_all = _best(lambda: slide.read_region(0, x, y, w, h), repeats)
+    with dask.config.set(scheduler="synchronous"):
+        dask_sync_s, dask_sync_all = _best(lambda: slide.read_region(0, x, y, w, h), repeats)
+    tif_s, tif_all = _best(read_serial, repeats)
+    tif2_s, tif2_all = _best(read_pool, repeats)
+    close()
+    res.update(
+        {
+            "region": {"x": x, "y": y, "w": w, "h": h, **tinfo},
+            "identical": identical,
+            "max_abs_diff": max_diff,
+            "read_region_s": dask_s,
+            "read_region_sync_s": dask_sync_s,
+            "tifffile_s": tif_s,
+            "tifffile_2threads_s": tif2_s,
+            "ratio_vs_tifffile": dask_s / tif_s,
+            "ratio_vs_tifffile_2threads": dask_s / tif2_s,
+            "all_times": {
+                "read_region": dask_all,
+                "read_region_sync": dask_sync_all,
+                "tifffile": tif_all,
+                "tifffile_2threads": tif2_all,
+            },
+            "rss_end_mb": _rss_mb(),
+        }
+    )
+    slide.close()
+    return res
+
+
+# ============================================================== parent process
+def default_slides() -> list[Path]:
+    slides = sorted(DATA.glob("synthetic_*k.ome.tif"), key=lambda p: p.stat().st_size)
+    if SHARED.is_dir():
+        slides += sorted(p for p in SHARED.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+    return slides
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "nproc": os.cpu_count()}
+    try:
+        info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
+    except Exception:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["ram_gb"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def run_fresh(path: Path, repeats: int, profile: str | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(path), "--repeats", str(repeats)]
+    if profile:
+        cmd += ["--profile", profile]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker failed for {path}:\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    first = runs[0]
+    med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+    best = lambda k: min(r[k] for r in runs)  # noqa: E731
+    s = {k: first[k] for k in ("path", "file_mb", "shape", "levels", "file_levels", "format", "mpp", "region", "qt_loaded")}
+    s["runs"] = len(runs)
+    for k in ("import_s", "open_s", "layer_s", "open_layer_s", "warm_open_s", "warm_layer_s", "warm_open_layer_s",
+              "rss_before_mb", "rss_after_mb", "rss_delta_mb"):
+        s[k] = med(k)
+    s["open_layer_s_max"] = max(r["open_layer_s"] for r in runs)
+    s["rss_after_mb_max"] = max(r["rss_after_mb"] for r in runs)
+    for k in ("read_region_s", "read_region_sync_s", "tifffile_s", "tifffile_2threads_s"):
+        s[k] = best(k)
+    s["ratio_vs_tifffile"] = s["read_region_s"] / s["tifffile_s"]
+    s["ratio_vs_tifffile_2threads"] = s["read_region_s"] / s["tifffile_2threads_s"]
+    s["identical"] = all(r["identical"] for r in runs)
+    return s
+
+
+def tables(summary: list[dict]) -> str:
+    out = [
+        "### a. Open + build napari layer (fresh process, imports excluded; median of runs)",
+        "",
+        "| slide | size (px) | file (MB) | levels | open_slide (s) | Image layer (s) | total, first slide (s) | total, again (s) | RSS after (MB) | RSS delta (MB) | imports (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        h, w = s["shape"]
+        out.append(
+            f"| {Path(s['path']).name} | {w:,} x {h:,} | {s['file_mb']:.1f} | {s['levels']} | "
+            f"{s['open_s']:.3f} | {s['layer_s']:.3f} | **{s['open_layer_s']:.3f}** | {s['warm_open_layer_s']:.3f} | "
+            f"{s['rss_after_mb']:.0f} | {s['rss_delta_mb']:+.1f} | {s['import_s']:.2f} |"
+        )
+    out += [
+        "",
+        "### b. Read the central full-resolution region (best of 5 after 1 warm-up, best over runs)",
+        "",
+        "| slide | region | tiles decoded | read_region (s) | tifffile 1 thread (s) | ratio | tifffile 2 threads (s) | ratio | read_region, sync scheduler (s) | identical |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summary:
+        r = s["region"]
+        out.append(
+            f"| {Path(s['path']).name} | {r['w']} x {r['h']} | {r['tiles']} ({r['tile_shape'][0]} px, {r['compression']}) | "
+            f"{s['read_region_s']:.3f} | {s['tifffile_s']:.3f} | **{s['ratio_vs_tifffile']:.2f}x** | "
+            f"{s['tifffile_2threads_s']:.3f} | {s['ratio_vs_tifffile_2threads']:.2f}x | "
+            f"{s['read_region_sync_s']:.3f} | {'yes' if s['identical'] else 'NO'} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark slide opening and region reading.")
+    ap.add_argument("--slides", type=Path, nargs="+", help="slides to benchmark (default: benchmarks/data + shared slides)")
+    ap.add_argument("--runs", type=int, default=3, help="fresh processes per slide (default 3)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="timed region reads per method (default 5)")
+    ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON results file")
+    ap.add_argument("--profile", choices=("open", "read"), help="print a cProfile of one run per slide")
+    ap.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._worker:
+        print(json.dumps(worker(args._worker, args.repeats, args.profile)))
+        return 0
+
+    slides = args.slides or default_slides()
+    if not slides:
+        print("no slides: run benchmarks/make_slides.py first or pass --slides", file=sys.stderr)
+        return 1
+    results = []
+    for path in slides:
+        runs = [run_fresh(path, args.repeats) for _ in range(args.runs)]
+        s = summarise(runs)
+        results.append({"summary": s, "runs": runs})
+        print(
+            f"{path.name}: open+layer {s['open_layer_s']:.3f} s, RSS {s['rss_after_mb']:.0f} MB "
+            f"({s['rss_delta_mb']:+.1f}), read {s['read_region_s']:.3f} s vs tifffile {s['tifffile_s']:.3f} s "
+            f"({s['ratio_vs_tifffile']:.2f}x)",
+            flush=True,
+        )
+        if args.profile:
+            print(run_fresh(path, args.repeats, args.profile).get("profile" if args.profile == "open" else "profile_read"))
+    md = tables([r["summary"] for r in results])
+    print()
+    print(md)
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "versions": results[0]["runs"][0]["versions"],
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {"region": REGION, "repeats": args.repeats, "runs": args.runs},
+        "results": results,
+        "markdown": md,
+    }
+    args.out.write_text(json.dumps(payload, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real data beside the repository, and generated slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_mitosis.core.synthetic import SyntheticHE
+from napari_mitosis.io.pyramid_writer import write_synthetic_slide
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SLIDES = SHARED / "slides"
+
+
+def shared_file(*parts) -> Path:
+    """A file of ../shared/data, or skip the test when the data is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available (the plugin works without it; these tests need it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth():
+    return SyntheticHE(shape=(1100, 1700), seed=7)
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide_file(tmp_path_factory, synth):
+    """A small 2-level JPEG OME-TIFF of synthetic tissue (0.25 um/px)."""
+    path = tmp_path_factory.mktemp("slides") / "synthetic.ome.tif"
+    write_synthetic_slide(path, synth, tile=256)
+    return path
+
+
+@pytest.fixture
+def rgb_image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)

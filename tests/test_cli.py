@@ -1,0 +1,60 @@
+import json
+
+import pandas as pd
+import pytest
+from skimage.io import imread
+
+from napari_mitosis.cli import main
+from tests.conftest import shared_file
+
+
+def test_info_prints_the_slide_metadata(capsys, synthetic_slide_file):
+    assert main(["info", str(synthetic_slide_file)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.25 and info["shape"] == [1100, 1700] and info["format"] == "ome-tiff"
+
+
+def test_info_with_override(capsys):
+    path = shared_file("slides", "TCGA-CR-7395-01A-01-TS1.svs")
+    assert main(["info", str(path), "--mpp", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["mpp"] == 0.5
+
+
+def test_bad_input_gives_a_message_not_a_traceback(capsys, tmp_path):
+    assert main(["info", str(tmp_path / "missing.svs")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.svs: no such file" in err and "Traceback" not in err
+
+
+def test_tissue_writes_a_mask(capsys, tmp_path):
+    path = shared_file("slides", "CMU-1-Small-Region.svs")
+    out = tmp_path / "mask.png"
+    assert main(["tissue", str(path), "--out", str(out)]) == 0
+    mask = imread(out)
+    assert mask.dtype.kind == "u" and 0.2 < (mask > 0).mean() < 0.8
+    assert "mm2" in capsys.readouterr().out
+
+
+def test_synth_then_demo_on_it(tmp_path, capsys):
+    slide = tmp_path / "s.ome.tif"
+    truth = tmp_path / "truth.csv"
+    assert main(["synth", str(slide), "--size", "800", "1200", "--seed", "3", "--truth", str(truth)]) == 0
+    assert slide.exists() and len(pd.read_csv(truth)) > 100
+    out = tmp_path / "results"
+    assert main(["demo", str(slide), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mpp"] == 0.25 and summary["size_px"] == [1200, 800]
+    assert summary["tissue_area_mm2"] > 0
+    for name in ("overview.png", "tissue_mask.png", "counts.csv", "slide_info.json"):
+        assert (out / name).exists()
+
+
+def test_demo_makes_its_synthetic_slide(tmp_path):
+    out = tmp_path / "results"
+    assert main(["demo", "--out", str(out), "--size", "1024", "1536"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    truth = pd.read_csv(out / "ground_truth.csv")
+    assert summary["truth_mitotic_figures"] == (truth["class"] == "mitotic_figure").sum()
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts.loc[0, "tissue_area_mm2"] == pytest.approx(summary["tissue_area_mm2"])
+    assert imread(out / "overview.png").shape[2] == 3
