@@ -34,6 +34,7 @@ def synthetic_slide(shape=SAMPLE_SHAPE, seed: int = 0):
         {
             "name": "ground truth (synthetic)",
             "scale": (mpp, mpp),
+            "units": ("micrometer", "micrometer"),
             "size": 12.0 / mpp,  # 12 um circles
             "face_color": "transparent",
             "border_color": [colours[c] for c in special["class"]],

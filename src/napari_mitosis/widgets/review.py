@@ -131,14 +131,15 @@ class ReviewWidget(QWidget):
         name = f"tissue ({layer.name})"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_labels(
+        labels = self.viewer.add_labels(
             tissue.mask.astype("uint8"),
             name=name,
             scale=(mpp * ds, mpp * ds),
             translate=((ds - 1) / 2 * mpp, (ds - 1) / 2 * mpp),
-            opacity=0.25,
+            opacity=0.8,
             units=layer.units,
         )
+        labels.contour = 1  # outline only: the tissue stays readable underneath
         area = tissue.area_mm2
         self.tissue_label.setText(
             f"{area:.2f} mm² ({tissue.fraction:.0%} of the slide)" if area is not None else f"{tissue.fraction:.0%} of the slide"
