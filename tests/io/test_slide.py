@@ -145,8 +145,8 @@ def test_rgba_is_composited_over_white(tmp_path):
     assert (region[:, 30:] == 255).all()
 
 
-def _write_ome_zarr(path, rgb, mpp, channel_first=True):
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+def _write_ome_zarr(path, rgb, mpp, channel_first=True, version="0.4"):
+    group = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
     levels = [rgb, rgb[::2, ::2]]
     datasets = []
     for i, lev in enumerate(levels):
@@ -161,13 +161,17 @@ def _write_ome_zarr(path, rgb, mpp, channel_first=True):
     ]
     if not channel_first:
         axes = axes[1:] + axes[:1]
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    multiscales = [{"axes": axes, "datasets": datasets}]
+    if version == "0.4":  # NGFF 0.4: Zarr v2, metadata at the top of the attributes
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscales[0]}]
+    else:  # NGFF 0.5: Zarr v3, metadata under "ome"
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
 
 
-@pytest.mark.parametrize("channel_first", [True, False])
-def test_ome_zarr(tmp_path, synth, channel_first):
+@pytest.mark.parametrize(("channel_first", "version"), [(True, "0.4"), (False, "0.4"), (True, "0.5")])
+def test_ome_zarr(tmp_path, synth, channel_first, version):
     rgb = synth.render(0, 0, 400, 500)[0]
-    _write_ome_zarr(tmp_path / "img.ome.zarr", rgb, 0.5, channel_first)
+    _write_ome_zarr(tmp_path / "img.ome.zarr", rgb, 0.5, channel_first, version)
     with open_slide(tmp_path / "img.ome.zarr") as slide:
         assert slide.format == "ome-zarr"
         assert slide.mpp == 0.5
