@@ -135,7 +135,11 @@ def _tifffile_reader(path: Path, x: int, y: int, w: int, h: int):
     return read_serial, read_pool, close, info
 
 
-def worker(path: Path, repeats: int, profile: str | None) -> dict:
+def worker(path: Path, repeats: int, profile: str | None, mode: str = "cold") -> dict:
+    """One fresh process. ``cold``: open + layer as the first layer of the process.
+    ``warm``: napari's one-time lazy set-up (its pint unit registry, built on the first
+    layer of a session) is done on a 2 x 2 dummy layer before the clock; then the
+    region reads are timed too."""
     import warnings
 
     warnings.simplefilter("ignore")
@@ -163,6 +167,9 @@ def worker(path: Path, repeats: int, profile: str | None) -> dict:
     import_s = time.perf_counter() - t
     qt_loaded = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6") for m in sys.modules)
 
+    if mode == "warm":
+        napari.layers.Image(np.zeros((2, 2, 3), np.uint8), rgb=True, scale=(0.25, 0.25), units=("micrometer", "micrometer"))
+
     # ---------------------------------------------------------- a. open + layer
     import gc
 
@@ -186,6 +193,7 @@ def worker(path: Path, repeats: int, profile: str | None) -> dict:
     qt_loaded_after = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6") for m in sys.modules)
     res = {
         "path": str(path),
+        "mode": mode,
         "file_mb": os.path.getsize(path) / 1e6 if path.is_file() else None,
         "shape": list(slide.shape),
         "levels": slide.level_count,
@@ -213,17 +221,6 @@ def worker(path: Path, repeats: int, profile: str | None) -> dict:
             "numpy": np.__version__,
         },
     }
-    # the same again in the same process: one-time lazy initialisations (napari's
-    # pint unit registry on its first layer, ...) are now paid; what is left is per slide
-    t3 = time.perf_counter()
-    slide2 = open_slide(path)
-    t4 = time.perf_counter()
-    data2, kwargs2, _ = layer_data(slide2)
-    layer2 = napari.layers.Image(data2, **kwargs2)
-    t5 = time.perf_counter()
-    res.update({"warm_open_s": t4 - t3, "warm_layer_s": t5 - t4, "warm_open_layer_s": t5 - t3, "rss_after_warm_mb": _rss_mb()})
-    del layer2, data2, kwargs2
-    slide2.close()
     if prof is not None:
         import io
         import pstats
@@ -231,6 +228,10 @@ def worker(path: Path, repeats: int, profile: str | None) -> dict:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(40)
         res["profile"] = s.getvalue()
+
+    if mode == "cold":
+        slide.close()
+        return res
 
     # ------------------------------------------------------------- b. region
     H, W = slide.shape
@@ -290,7 +291,7 @@ def worker(path: Path, repeats: int, profile: str | None) -> dict:
 
 # ============================================================== parent process
 def default_slides() -> list[Path]:
-    slides = sorted(DATA.glob("synthetic_*k.ome.tif"), key=lambda p: p.stat().st_size)
+    slides = sorted(DATA.glob("synthetic_*.ome.tif"), key=lambda p: (p.stem.endswith("1level.ome"), p.stat().st_size))
     if SHARED.is_dir():
         slides += sorted(p for p in SHARED.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
     return slides
@@ -315,8 +316,8 @@ def machine() -> dict:
     return info
 
 
-def run_fresh(path: Path, repeats: int, profile: str | None = None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(path), "--repeats", str(repeats)]
+def run_fresh(path: Path, repeats: int, mode: str, profile: str | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(path), "--repeats", str(repeats), "--mode", mode]
     if profile:
         cmd += ["--profile", profile]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -325,37 +326,43 @@ def run_fresh(path: Path, repeats: int, profile: str | None = None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs: list[dict]) -> dict:
-    first = runs[0]
-    med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
-    best = lambda k: min(r[k] for r in runs)  # noqa: E731
-    s = {k: first[k] for k in ("path", "file_mb", "shape", "levels", "file_levels", "format", "mpp", "region", "qt_loaded")}
-    s["runs"] = len(runs)
-    for k in ("import_s", "open_s", "layer_s", "open_layer_s", "warm_open_s", "warm_layer_s", "warm_open_layer_s",
-              "rss_before_mb", "rss_after_mb", "rss_delta_mb"):
-        s[k] = med(k)
-    s["open_layer_s_max"] = max(r["open_layer_s"] for r in runs)
-    s["rss_after_mb_max"] = max(r["rss_after_mb"] for r in runs)
+def summarise(cold: list[dict], warm: list[dict]) -> dict:
+    """Medians over runs for opening and memory; best over runs for the region reads."""
+    first = warm[0]
+    med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
+    best = lambda k: min(r[k] for r in warm)  # noqa: E731
+    s = {k: first[k] for k in ("path", "file_mb", "shape", "levels", "file_levels", "format", "mpp", "region")}
+    s["runs"] = len(warm)
+    s["qt_loaded"] = any(r["qt_loaded"] for r in cold + warm)
+    for k in ("import_s", "open_s", "layer_s", "open_layer_s", "rss_before_mb", "rss_after_mb", "rss_delta_mb"):
+        s[k] = med(cold, k)
+        s["warm_" + k] = med(warm, k)
+    s["open_layer_s_max"] = max(r["open_layer_s"] for r in cold)
+    s["rss_after_mb_max"] = max(r["rss_after_mb"] for r in cold + warm)
     for k in ("read_region_s", "read_region_sync_s", "tifffile_s", "tifffile_2threads_s"):
         s[k] = best(k)
     s["ratio_vs_tifffile"] = s["read_region_s"] / s["tifffile_s"]
     s["ratio_vs_tifffile_2threads"] = s["read_region_s"] / s["tifffile_2threads_s"]
-    s["identical"] = all(r["identical"] for r in runs)
+    s["identical"] = all(r["identical"] for r in warm)
     return s
 
 
 def tables(summary: list[dict]) -> str:
     out = [
-        "### a. Open + build napari layer (fresh process, imports excluded; median of runs)",
+        "### a. Open + build napari layer (fresh process each, imports excluded; median of runs)",
         "",
-        "| slide | size (px) | file (MB) | levels | open_slide (s) | Image layer (s) | total, first slide (s) | total, again (s) | RSS after (MB) | RSS delta (MB) | imports (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "*cold*: the slide's layer is the first napari layer of the process; *warm*: napari's one-time",
+        "set-up (its pint unit registry) was done on a 2 x 2 dummy layer first. RSS is of the cold process.",
+        "",
+        "| slide | size (px) | file (MB) | levels (in file) | cold: open_slide (s) | cold: Image layer (s) | **cold: total (s)** | warm: open_slide (s) | warm: Image layer (s) | **warm: total (s)** | RSS after (MB) | RSS delta (MB) | imports (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         h, w = s["shape"]
         out.append(
-            f"| {Path(s['path']).name} | {w:,} x {h:,} | {s['file_mb']:.1f} | {s['levels']} | "
-            f"{s['open_s']:.3f} | {s['layer_s']:.3f} | **{s['open_layer_s']:.3f}** | {s['warm_open_layer_s']:.3f} | "
+            f"| {Path(s['path']).name} | {w:,} x {h:,} | {s['file_mb']:.1f} | {s['levels']} ({s['file_levels']}) | "
+            f"{s['open_s']:.3f} | {s['layer_s']:.3f} | **{s['open_layer_s']:.3f}** | "
+            f"{s['warm_open_s']:.3f} | {s['warm_layer_s']:.3f} | **{s['warm_open_layer_s']:.3f}** | "
             f"{s['rss_after_mb']:.0f} | {s['rss_delta_mb']:+.1f} | {s['import_s']:.2f} |"
         )
     out += [
@@ -384,10 +391,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON results file")
     ap.add_argument("--profile", choices=("open", "read"), help="print a cProfile of one run per slide")
     ap.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("cold", "warm"), default="warm", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._worker:
-        print(json.dumps(worker(args._worker, args.repeats, args.profile)))
+        print(json.dumps(worker(args._worker, args.repeats, args.profile, args.mode)))
         return 0
 
     slides = args.slides or default_slides()
@@ -396,24 +404,27 @@ def main(argv=None) -> int:
         return 1
     results = []
     for path in slides:
-        runs = [run_fresh(path, args.repeats) for _ in range(args.runs)]
-        s = summarise(runs)
-        results.append({"summary": s, "runs": runs})
+        cold = [run_fresh(path, args.repeats, "cold") for _ in range(args.runs)]
+        warm = [run_fresh(path, args.repeats, "warm") for _ in range(args.runs)]
+        s = summarise(cold, warm)
+        results.append({"summary": s, "cold_runs": cold, "warm_runs": warm})
         print(
-            f"{path.name}: open+layer {s['open_layer_s']:.3f} s, RSS {s['rss_after_mb']:.0f} MB "
+            f"{path.name}: open+layer {s['open_layer_s']:.3f} s cold, {s['warm_open_layer_s']:.3f} s warm, RSS {s['rss_after_mb']:.0f} MB "
             f"({s['rss_delta_mb']:+.1f}), read {s['read_region_s']:.3f} s vs tifffile {s['tifffile_s']:.3f} s "
             f"({s['ratio_vs_tifffile']:.2f}x)",
             flush=True,
         )
         if args.profile:
-            print(run_fresh(path, args.repeats, args.profile).get("profile" if args.profile == "open" else "profile_read"))
+            for mode in ("cold", "warm") if args.profile == "open" else ("warm",):
+                print(f"--- cProfile ({mode}) ---")
+                print(run_fresh(path, args.repeats, mode, args.profile).get("profile" if args.profile == "open" else "profile_read"))
     md = tables([r["summary"] for r in results])
     print()
     print(md)
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
-        "versions": results[0]["runs"][0]["versions"],
+        "versions": results[0]["warm_runs"][0]["versions"],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"region": REGION, "repeats": args.repeats, "runs": args.runs},
         "results": results,

@@ -14,10 +14,16 @@ a patch and one of 8 flips/rotations by a hash of its block coordinates. The
 JPEG tiles therefore hold realistic H&E content (similar compressed size and
 decode cost to a real scan), only repeated.
 
+With ``--single-level`` it also writes ``synthetic_10k_1level.ome.tif``: the
+same 10,000 x 10,000 px image without reduced levels (a tiled TIFF with no
+pyramid, as some exports are), to show what opening costs when the pyramid has
+to be computed.
+
 Files that already exist are skipped. Usage::
 
     .venv/bin/python benchmarks/make_slides.py            # both sizes
     .venv/bin/python benchmarks/make_slides.py --sizes 10000
+    .venv/bin/python benchmarks/make_slides.py --single-level
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ TILE = 256
 QUALITY = 90
 
 
-def slide_path(size: int, folder: Path = DATA) -> Path:
-    return folder / f"synthetic_{size // 1000}k.ome.tif"
+def slide_path(size: int, folder: Path = DATA, single_level: bool = False) -> Path:
+    return folder / f"synthetic_{size // 1000}k{'_1level' if single_level else ''}.ome.tif"
 
 
 def render_pool(n: int, seed0: int = 100) -> list[np.ndarray]:
@@ -90,16 +96,22 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="side lengths in px")
     ap.add_argument("--out", type=Path, default=DATA, help="output folder (default benchmarks/data)")
     ap.add_argument("--pool", type=int, default=16, help="number of distinct 1024 px patches")
+    ap.add_argument(
+        "--single-level", action="store_true", help="also write a 10,000 px slide without reduced levels (no pyramid)"
+    )
     args = ap.parse_args(argv)
 
     from napari_mitosis.io.pyramid_writer import write_pyramid
 
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in args.sizes if not slide_path(s, args.out).exists()]
-    for s in args.sizes:
-        if s not in todo:
-            p = slide_path(s, args.out)
+    wanted = [(s, False) for s in args.sizes] + ([(10_000, True)] if args.single_level else [])
+    todo = []
+    for s, single in wanted:
+        p = slide_path(s, args.out, single)
+        if p.exists():
             print(f"{p}: exists ({p.stat().st_size / 1e6:.1f} MB), skipped")
+        else:
+            todo.append((s, single))
     if not todo:
         return 0
 
@@ -107,8 +119,8 @@ def main(argv=None) -> int:
     pool = render_pool(args.pool)
     print(f"rendered {len(pool)} patches of {BLOCK} x {BLOCK} px in {time.perf_counter() - t:.1f} s", flush=True)
 
-    for size in todo:
-        path = slide_path(size, args.out)
+    for size, single in todo:
+        path = slide_path(size, args.out, single)
         last = [0.0]
         t0 = time.perf_counter()
 
@@ -127,12 +139,13 @@ def main(argv=None) -> int:
             compression="jpeg",
             quality=QUALITY,
             ome=True,
+            smallest=2 * size if single else 1024,  # no reduced levels at all
             progress=progress,
         )
         dt = time.perf_counter() - t0
         mb = path.stat().st_size / 1e6
         print(
-            f"{path}: {size} x {size} px written in {dt:.1f} s "
+            f"{path}: {size} x {size} px{' (single level)' if single else ''} written in {dt:.1f} s "
             f"({size * size / dt / 1e6:.1f} Mpx/s), {mb:.1f} MB "
             f"({mb * 8e6 / (size * size):.2f} bit/px)",
             flush=True,

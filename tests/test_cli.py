@@ -58,3 +58,24 @@ def test_demo_makes_its_synthetic_slide(tmp_path):
     counts = pd.read_csv(out / "counts.csv")
     assert counts.loc[0, "tissue_area_mm2"] == pytest.approx(summary["tissue_area_mm2"])
     assert imread(out / "overview.png").shape[2] == 3
+
+
+@pytest.mark.gui
+def test_demo_gui_opens_napari_with_the_slide_and_the_widget(tmp_path, monkeypatch, qtbot):
+    import napari
+
+    seen = {}
+
+    def fake_run():  # instead of entering the event loop, look at what the user would see
+        viewer = napari.current_viewer()
+        seen["layers"] = [ly.name for ly in viewer.layers]
+        seen["scale"] = tuple(viewer.layers[0].scale)
+        seen["docks"] = list(viewer.window.dock_widgets)
+        viewer.close()
+
+    monkeypatch.setattr(napari, "run", fake_run)
+    slide = shared_file("slides", "CMU-1-Small-Region_pyramid.ome.tif")
+    assert main(["demo", str(slide), "--out", str(tmp_path), "--gui"]) == 0
+    assert seen["layers"] == ["CMU-1-Small-Region_pyramid.ome.tif"]
+    assert seen["scale"] == pytest.approx((0.499, 0.499))
+    assert "Mitosis review" in seen["docks"]

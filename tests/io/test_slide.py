@@ -195,3 +195,12 @@ def test_close_releases_the_file(synthetic_slide_file):
         pass
     assert not slide._closers  # closed exactly once, idempotent
     slide.close()
+
+
+def test_stripped_tiff_chunks_are_whole_strips(tmp_path):
+    img = np.random.default_rng(2).integers(0, 256, (1000, 200, 3), dtype=np.uint8)
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=8)
+    with open_slide(path) as slide:
+        assert slide.levels[0].chunks[0] == (512, 488)  # 64 whole strips, not 125 chunks of 8 rows
+        np.testing.assert_array_equal(slide.read_region(0, 0, 0, 200, 1000), img)

@@ -66,7 +66,7 @@ def open_tiff(path: Path) -> Slide:
             if not hasattr(z, "shape"):  # a pyramid group: pick the level's array
                 z = z[str(i)]
             arr = da.from_zarr(z, name=f"tiff-{path}-{os.path.getmtime(path)}-{i}", inline_array=True)
-            levels.append(_to_rgb(path, arr, lev.axes))
+            levels.append(_merge_thin_strips(_to_rgb(path, arr, lev.axes)))
         mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
         associated = _tiff_associated(tf, fmt)
     except BaseException:
@@ -145,6 +145,15 @@ def _to_rgb(path, arr: da.Array, axes: str) -> da.Array:
     if arr.shape[2] == 4:  # RGBA: composite over white glass
         arr = da.map_blocks(_rgba_over_white, arr.rechunk({2: -1}), dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),))
     return arr.rechunk({2: -1})
+
+
+def _merge_thin_strips(arr: da.Array, rows: int = 512) -> da.Array:
+    """Stripped (untiled) TIFFs come as one chunk per strip, often a few rows each:
+    merge whole strips into chunks of about ``rows`` rows (still strip-aligned)."""
+    strip = arr.chunks[0][0]
+    if strip >= rows or len(arr.chunks[1]) > 1:
+        return arr
+    return arr.rechunk({0: max(1, rows // strip) * strip})
 
 
 def _rgba_over_white(block):

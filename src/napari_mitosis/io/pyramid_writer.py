@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.resample import mean2x2
 from ..core.synthetic import SyntheticHE
 
 Render = Callable[[int, int], np.ndarray]  # (y0, rows) -> (rows, width, 3) uint8
@@ -166,10 +167,7 @@ def write_pyramid(
 
 def _halve(block: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """2x2 mean of an even-row block, cropped to the target width."""
-    h, w = block.shape[0] // 2 * 2, block.shape[1] // 2 * 2
-    b = block[:h, :w].astype(np.uint16)
-    out = ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
-    return out[:, : target[1]]
+    return mean2x2(block)[:, : target[1]]
 
 
 def _tiles(stripe: np.ndarray, tile: int) -> Iterator[np.ndarray]:

@@ -20,6 +20,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from ..core.resample import mean2x2
+
 #: Pixel-size values outside this range (um/px) are treated as unknown: they
 #: are scanner defaults such as 72 dpi, not a microscope's pixel size.
 PLAUSIBLE_MPP = (0.02, 50.0)
@@ -302,13 +304,7 @@ def coarsen2(level: da.Array, chunk: int = 1024) -> da.Array:
     h, w = (s // 2 * 2 for s in level.shape[:2])
     even = level[:h, :w].rechunk({0: min(chunk, h), 1: min(chunk, w), 2: -1})
     # rechunk rounds chunks to even sizes only when the edge chunk is odd: h, w are even
-    return da.map_blocks(_mean2x2, even, dtype=np.uint8, chunks=tuple(tuple(c // 2 for c in cs) for cs in even.chunks[:2]) + (even.chunks[2],))
+    return da.map_blocks(mean2x2, even, dtype=np.uint8, chunks=tuple(tuple(c // 2 for c in cs) for cs in even.chunks[:2]) + (even.chunks[2],))
 
-
-def _mean2x2(block: np.ndarray) -> np.ndarray:
-    h, w = block.shape[0] // 2 * 2, block.shape[1] // 2 * 2
-    b = block[:h, :w].astype(np.uint16)
-    s = b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]
-    return ((s + 2) // 4).astype(np.uint8)
 
 

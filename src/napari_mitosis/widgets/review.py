@@ -30,6 +30,7 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.tissue = None
+        self._cancelling = False
 
         self.slide_label = QLabel()
         self.slide_label.setWordWrap(True)
@@ -99,6 +100,7 @@ class ReviewWidget(QWidget):
     # ---------------------------------------------------------------- running
     def _run_or_cancel(self):
         if self.worker is not None:
+            self._cancelling = True
             self.status.setText("cancelling...")
             self.worker.quit()
             return
@@ -111,6 +113,7 @@ class ReviewWidget(QWidget):
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result: self._on_tissue(result, layer))
         worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: self.status.setText("cancelled"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setText("Cancel")
@@ -120,6 +123,8 @@ class ReviewWidget(QWidget):
         worker.start()
 
     def _on_progress(self, p: Progress):
+        if self._cancelling:  # progress queued before the cancel arrives late: ignore it
+            return
         self.progress.setMaximum(max(p.total, 1))
         self.progress.setValue(p.done)
         self.status.setText(p.message)
@@ -150,8 +155,7 @@ class ReviewWidget(QWidget):
         self.status.setText(f"failed: {exc}")
 
     def _on_finished(self):
-        if self.status.text() == "cancelling...":
-            self.status.setText("cancelled")
+        self._cancelling = False
         self.worker = None
         self.run_button.setText("Detect tissue")
         self.progress.setVisible(False)
