@@ -36,7 +36,7 @@ def test_every_python_name_imports(python_name):
 
 def test_importing_the_package_pulls_neither_torch_nor_qt():
     code = (
-        "import sys, napari_mitosis, napari_mitosis.io, napari_mitosis.pipeline, napari_mitosis.cli;"
+        "import sys, napari_mitosis, napari_mitosis.io, napari_mitosis.pipeline, napari_mitosis.pipeline.demo, napari_mitosis.cli;"
         "import napari_mitosis.core.synthetic, napari_mitosis.core.tissue, napari_mitosis.io.pyramid_writer;"
         "heavy = [m for m in ('torch', 'qtpy', 'PyQt6', 'PySide6', 'napari') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"

@@ -20,7 +20,7 @@ def cache_dir() -> Path:
 
 def synthetic_slide(shape=SAMPLE_SHAPE, seed: int = 0):
     """A synthetic slide (pyramidal OME-TIFF, generated once and cached) and truth points."""
-    from ..pipeline import synthetic_slide_path
+    from ..pipeline.demo import synthetic_slide_path
 
     path, synth = synthetic_slide_path(cache_dir(), shape=shape, seed=seed)
     slide = open_slide(path)

@@ -1,6 +1,4 @@
-"""The ``napari-mitosis`` command line (thin: parse, call the pipeline, report).
-
-Sub-commands::
+"""Slide sub-commands: demo, info, tissue, synth.
 
     napari-mitosis demo [SLIDE] [--out results] [--gui]
     napari-mitosis info SLIDE [--mpp UM]
@@ -10,39 +8,14 @@ Sub-commands::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-from . import __version__
-
-
-def _progress_bar(desc: str):
-    """A tqdm bar fed with :class:`~napari_mitosis.pipeline.Progress` (or done/total)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=1, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def update(p, total=None):
-        done, tot, msg = (p, total, "") if total is not None else (p.done, p.total, p.message)
-        bar.total = max(tot, 1)
-        bar.n = done
-        if msg:
-            bar.set_postfix_str(msg, refresh=False)
-        bar.refresh()
-
-    update.close = bar.close
-    return update
-
-
-def _error(msg: str) -> int:
-    print(f"napari-mitosis: error: {msg}", file=sys.stderr)
-    return 2
+from ._common import progress_bar
 
 
 def cmd_info(args) -> int:
-    from .io import open_slide
+    from ..io import open_slide
 
     with open_slide(args.slide, mpp=args.mpp) as slide:
         print(json.dumps(slide.info(), indent=2))
@@ -53,11 +26,11 @@ def cmd_tissue(args) -> int:
     import numpy as np
     from skimage.io import imsave
 
-    from .io import open_slide
-    from .pipeline import run, tissue_task
+    from ..io import open_slide
+    from ..pipeline import run, tissue_task
 
     with open_slide(args.slide, mpp=args.mpp) as slide:
-        bar = _progress_bar("tissue")
+        bar = progress_bar("tissue")
         try:
             tissue = run(tissue_task(slide, target_mpp=args.target_mpp), bar)
         finally:
@@ -72,11 +45,11 @@ def cmd_tissue(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .core.synthetic import SyntheticHE
-    from .io.pyramid_writer import write_synthetic_slide
+    from ..core.synthetic import SyntheticHE
+    from ..io.pyramid_writer import write_synthetic_slide
 
     synth = SyntheticHE(shape=tuple(args.size), seed=args.seed, mpp=args.mpp, mitosis_fraction=args.mitosis_fraction)
-    bar = _progress_bar("rendering")
+    bar = progress_bar("rendering")
     try:
         path = write_synthetic_slide(args.out, synth, tile=args.tile, compression=args.compression, progress=bar)
     finally:
@@ -88,12 +61,13 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .pipeline import demo_task, run, synthetic_slide_path
+    from ..pipeline import run
+    from ..pipeline.demo import demo_task, synthetic_slide_path
 
     out = Path(args.out)
     truth = None
     if args.slide is None:
-        bar = _progress_bar("making a synthetic slide")
+        bar = progress_bar("making a synthetic slide")
         try:
             slide_path, truth = synthetic_slide_path(out, shape=tuple(args.size), seed=args.seed, progress=bar)
         finally:
@@ -101,7 +75,7 @@ def cmd_demo(args) -> int:
         print(f"synthetic slide: {slide_path}")
     else:
         slide_path = Path(args.slide)
-    bar = _progress_bar("demo")
+    bar = progress_bar("demo")
     try:
         summary = run(demo_task(slide_path, out, mpp=args.mpp, truth=truth), bar)
     finally:
@@ -117,9 +91,9 @@ def cmd_demo(args) -> int:
 def _open_gui(slide_path, mpp=None) -> int:
     import napari
 
-    from .io import open_slide
-    from .io.napari_reader import layer_data
-    from .widgets.review import ReviewWidget
+    from ..io import open_slide
+    from ..io.napari_reader import layer_data
+    from ..widgets.review import ReviewWidget
 
     viewer = napari.Viewer(title="napari-mitosis")
     data, kwargs, _ = layer_data(open_slide(slide_path, mpp=mpp))
@@ -129,10 +103,8 @@ def _open_gui(slide_path, mpp=None) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="napari-mitosis", description="H&E whole-slide mitosis review, headless.")
-    p.add_argument("--version", action="version", version=f"napari-mitosis {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(sub) -> None:
+    """Add the slide sub-commands to the CLI."""
 
     d = sub.add_parser("demo", help="make (or take) a slide, run the pipeline, write results/")
     d.add_argument("slide", nargs="?", help="a slide to use instead of the synthetic one")
@@ -165,22 +137,3 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compression", default="jpeg", choices=["jpeg", "jpeg2000", "zlib", "none"])
     s.add_argument("--truth", help="also write the ground-truth cells to this CSV")
     s.set_defaults(func=cmd_synth)
-    return p
-
-
-def main(argv=None) -> int:
-    from .io import SlideError
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SlideError as exc:
-        return _error(str(exc))
-    except KeyboardInterrupt:
-        return _error("interrupted")
-    except (OSError, ValueError) as exc:
-        return _error(f"{type(exc).__name__}: {exc}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
