@@ -1,0 +1,218 @@
+"""Neural stain transfer: re-colour the grayscale image in a learned stain style.
+
+The network follows the paper's colourisation design (after Iizuka et al.):
+
+- a low-level **encoder** of eight 3x3 convolutions that down-samples with
+  stride-2 convolutions instead of pooling (to 1/8 of the input),
+- a **global feature** branch of four stride-2 convolutions and fully
+  connected layers giving a 256-d image descriptor, with an **auxiliary
+  classification head** (the classification loss sends semantic gradient
+  into the encoder),
+- **fusion** of the descriptor with every encoder position (1x1 convolution),
+- a **decoder** of convolutions and up-sampling back to the input size,
+
+with batch norm and ReLU throughout. Input: the L channel of CIE Lab
+(luminance, the stain-independent structure); output: the a and b chroma
+channels of the target style. The prediction runs at the model's working
+resolution and the chroma is up-sampled onto the full-resolution luminance,
+so fine structure is never blurred.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..core.stain_norm import StainNormalizer, StainNormError, check_rgb, tissue_weight
+
+AB_SCALE = 110.0
+
+
+def _conv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class StainTransferNet(nn.Module):
+    """Grayscale (L) -> chroma (a, b) colourisation network with a global branch.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first layer (64 in Iizuka et al.; 16 keeps it fast on a
+        CPU and the weights at about 4 MB).
+    n_classes : int
+        Classes of the auxiliary classification head.
+    """
+
+    def __init__(self, width: int = 16, n_classes: int = 3):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(  # 8 convolutions, 3 of them stride 2 -> 1/8
+            _conv(1, w, 2), _conv(w, 2 * w), _conv(2 * w, 2 * w, 2), _conv(2 * w, 4 * w),
+            _conv(4 * w, 4 * w, 2), _conv(4 * w, 8 * w), _conv(8 * w, 8 * w), _conv(8 * w, 8 * w),
+        )  # fmt: skip
+        self.global_convs = nn.Sequential(  # 4 convolutions with stride 2
+            _conv(8 * w, 8 * w, 2), _conv(8 * w, 8 * w), _conv(8 * w, 8 * w, 2), _conv(8 * w, 8 * w),
+        )  # fmt: skip
+        self.global_fc = nn.Sequential(nn.Linear(8 * w, 512), nn.ReLU(inplace=True), nn.Linear(512, 256), nn.ReLU(inplace=True))
+        self.classifier = nn.Sequential(nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Linear(128, n_classes))
+        self.fusion = nn.Sequential(nn.Conv2d(8 * w + 256, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True))
+        self.decoder = nn.Sequential(
+            _conv(4 * w, 2 * w), nn.Upsample(scale_factor=2, mode="nearest"),
+            _conv(2 * w, w), _conv(w, w), nn.Upsample(scale_factor=2, mode="nearest"),
+            _conv(w, w // 2), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(w // 2, 2, 3, 1, 1), nn.Tanh(),
+        )  # fmt: skip
+
+    def global_features(self, lum: torch.Tensor) -> torch.Tensor:
+        """The 256-d descriptor of an image (or of a slide overview)."""
+        g = self.global_convs(self.encoder(lum))
+        return self.global_fc(F.adaptive_avg_pool2d(g, 1).flatten(1))
+
+    def forward(self, lum: torch.Tensor, global_features: torch.Tensor | None = None):
+        """``lum``: (B, 1, H, W) in [0, 1], H and W multiples of 8.
+
+        Returns chroma (B, 2, H, W) in [-1, 1] (times :data:`AB_SCALE` gives a, b)
+        and the auxiliary class logits (B, n_classes).
+        """
+        feats = self.encoder(lum)
+        if global_features is None:
+            g = self.global_fc(F.adaptive_avg_pool2d(self.global_convs(feats), 1).flatten(1))
+        else:
+            g = global_features.expand(lum.shape[0], -1)
+        fused = self.fusion(torch.cat([feats, g[:, :, None, None].expand(-1, -1, *feats.shape[2:])], 1))
+        return self.decoder(fused), self.classifier(g)
+
+
+# ----------------------------------------------------------------- colour space
+_RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> CIE Lab (D65), as skimage.color.rgb2lab."""
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = torch.einsum("ij,bjhw->bihw", _RGB2XYZ.to(rgb), lin) / _WHITE.to(rgb)[None, :, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    L = 116 * f[:, 1] - 16
+    a = 500 * (f[:, 0] - f[:, 1])
+    b = 200 * (f[:, 1] - f[:, 2])
+    return torch.stack([L, a, b], 1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`, clipped to [0, 1]."""
+    fy = (lab[:, 0] + 16) / 116
+    fx = fy + lab[:, 1] / 500
+    fz = fy - lab[:, 2] / 200
+    f = torch.stack([fx, fy, fz], 1)
+    xyz = torch.where(f > 0.206893, f**3, (f - 16 / 116) / 7.787) * _WHITE.to(lab)[None, :, None, None]
+    lin = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB2XYZ).to(lab), xyz).clamp(0, 1)
+    rgb = torch.where(lin > 0.0031308, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin)
+    return rgb.clamp(0, 1)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+
+
+# ------------------------------------------------------------------ normaliser
+class NeuralStainNormalizer(StainNormalizer):
+    """Neural stain transfer as a fit/transform normaliser.
+
+    Without :meth:`fit` it uses the shipped style (``model``); ``fit(reference)``
+    fine-tunes the network on the reference image for ``fit_steps`` steps, so
+    any region of any slide can be a style.
+
+    Parameters
+    ----------
+    model : str
+        Registry name of the shipped weights.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    method = "neural"
+
+    def __init__(self, model: str = "stain-mitos-atypia14", device: str = "auto", fit_steps: int = 150, batch: int = 8):
+        super().__init__()
+        from .registry import load_model
+
+        self.model = model
+        self.net, self.spec = load_model(model, device=device)
+        self.device = next(self.net.parameters()).device
+        self.fit_steps, self.batch = fit_steps, batch
+        self.target = {"model": model, "finetuned": False}
+
+    @property
+    def mpp(self) -> float:
+        return self.spec.mpp
+
+    def fit(self, reference, mpp: float | None = None, seed: int = 0):
+        """Fine-tune on an RGB reference (rescaled from ``mpp`` to the working resolution)."""
+        from .train_stain import finetune
+
+        reference = check_rgb(reference, "reference")
+        if (tissue_weight(reference) >= 1).sum() < 200:
+            raise StainNormError("the reference has no tissue; pick a region with stained tissue, not blank glass")
+        ref = _rescale(reference, (mpp or self.mpp) / self.mpp)
+        finetune(self.net, ref, steps=self.fit_steps, batch=self.batch, seed=seed)
+        self.net.eval()
+        self.target = {"model": self.model, "finetuned": True}
+        return self
+
+    def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:
+        """Global descriptor of an image (a slide overview), shared by all its tiles."""
+        image = check_rgb(image, what)
+        small = _rescale(image, (mpp or self.mpp) / self.mpp)
+        lum = self._luminance(small)
+        with torch.no_grad():
+            g = self.net.global_features(lum)
+        return {"global": g.cpu()}
+
+    def transform(self, image, source: dict | None = None, mpp: float | None = None) -> np.ndarray:
+        """Recolour an RGB image at pixel size ``mpp`` (defaults to the working one)."""
+        image = check_rgb(image, "image")
+        g = None if source is None else source["global"].to(self.device)
+        factor = (mpp or self.mpp) / self.mpp
+        small = _rescale(image, factor)
+        with torch.no_grad():
+            lum_small = self._luminance(small)
+            h, w = lum_small.shape[2:]
+            ph, pw = (-h) % 8, (-w) % 8
+            padded = F.pad(lum_small, (0, pw, 0, ph), mode="replicate")
+            chroma, _ = self.net(padded, g)
+            chroma = chroma[:, :, :h, :w]
+            full = to_tensor(image).to(self.device)
+            lab = rgb_to_lab(full)
+            chroma = F.interpolate(chroma, size=image.shape[:2], mode="bilinear", align_corners=False)
+            lab = torch.cat([lab[:, :1], chroma * AB_SCALE], 1)
+            out = lab_to_rgb(lab)[0].permute(1, 2, 0).cpu().numpy() * 255.0
+        w8 = tissue_weight(image)[..., None]
+        return np.clip(np.rint(w8 * out + (1 - w8) * image), 0, 255).astype(np.uint8)
+
+    def _luminance(self, rgb: np.ndarray) -> torch.Tensor:
+        return rgb_to_lab(to_tensor(rgb).to(self.device))[:, :1] / 100.0
+
+    def to_dict(self) -> dict:
+        return {"method": "neural", "model": self.model, "finetuned": bool(self.target.get("finetuned"))}
+
+    @classmethod
+    def from_dict(cls, data: dict, state: dict | None = None) -> NeuralStainNormalizer:
+        norm = cls(model=data.get("model", "stain-mitos-atypia14"))
+        if state is not None:
+            norm.net.load_state_dict(state)
+            norm.target = {"model": norm.model, "finetuned": True}
+        return norm
+
+
+def _rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink (factor > 1) or enlarge an RGB image by ``1/factor``."""
+    if abs(factor - 1) < 1e-3:
+        return image
+    from skimage.transform import rescale
+
+    out = rescale(image, 1 / factor, channel_axis=2, anti_aliasing=factor > 1, preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,163 @@
+"""The "Stain normalisation" dock widget (thin: parameters, a worker, a layer).
+
+Pick a method and a reference (an image file, a rectangle drawn on the slide
+in a Shapes layer, or, for the neural method, the shipped style); Apply adds
+the normalised slide as a lazy multiscale layer: only what is on screen is
+computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..pipeline import Progress
+from .review import slide_layers
+
+REF_FILE, REF_RECTANGLE, REF_SHIPPED = "image file", "rectangle on the slide", "shipped style (neural)"
+
+
+def rectangle_region(shapes_layer, slide_layer) -> tuple[int, int, int, int]:
+    """Level-0 ``(x, y, w, h)`` of the last rectangle of a Shapes layer over a slide layer."""
+    if shapes_layer is None or len(shapes_layer.data) == 0:
+        raise ValueError("draw a rectangle on the slide first (a Shapes layer, rectangle tool)")
+    corners = np.asarray(shapes_layer.data[-1])[:, -2:]
+    world = np.asarray([shapes_layer.data_to_world(c) for c in corners])[:, -2:]
+    px = np.asarray([slide_layer.world_to_data(w) for w in world])[:, -2:]
+    (y0, x0), (y1, x1) = px.min(axis=0), px.max(axis=0)
+    return int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0))
+
+
+def stain_task(slide, method: str, reference: str, ref_file: str | None = None, region=None, device: str = "auto"):
+    """Fit a normaliser and compute the slide's source statistics (yields progress)."""
+    from ..pipeline.stain import make_normalizer, normalized_levels, read_reference, slide_source_stats
+
+    yield Progress(0, 3, f"loading {method}")
+    norm = make_normalizer(method, device=device)
+    yield Progress(1, 3, "fitting the reference")
+    if reference == REF_FILE:
+        if not ref_file:
+            raise ValueError("choose a reference image file")
+        ref, ref_mpp = read_reference(ref_file)
+    elif reference == REF_RECTANGLE:
+        x, y, w, h = region
+        ref, ref_mpp = slide.read_region(0, x, y, w, h), slide.mpp
+    else:
+        ref = None
+        if norm.method != "neural":
+            raise ValueError(f"{method} needs a reference: an image file or a rectangle")
+    if ref is not None:
+        norm.fit(ref, mpp=ref_mpp) if norm.method == "neural" else norm.fit(ref)
+    yield Progress(2, 3, "slide statistics")
+    source = slide_source_stats(slide, norm)
+    return norm, normalized_levels(slide, norm, source)
+
+
+class StainWidget(QWidget):
+    """Dock widget: stain-normalise the selected slide into a new lazy layer."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.method = QComboBox()
+        self.method.addItems(["macenko", "reinhard", "neural"])
+        self.reference = QComboBox()
+        self.reference.addItems([REF_FILE, REF_RECTANGLE, REF_SHIPPED])
+        self.ref_path = QLineEdit()
+        self.ref_path.setPlaceholderText("reference image (png, jpg, tif, svs ...)")
+        browse = QPushButton("...")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.ref_path)
+        row.addWidget(browse)
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.clicked.connect(self._apply)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Method:", self.method)
+        form.addRow("Reference:", self.reference)
+        form.addRow("File:", row)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.apply_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _browse(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Reference image")
+        if path:
+            self.ref_path.setText(path)
+
+    def _apply(self):
+        from napari.qt.threading import create_worker
+
+        layers = slide_layers(self.viewer)
+        active = self.viewer.layers.selection.active
+        layer = active if active in layers else (layers[0] if layers else None)
+        if layer is None:
+            self.status.setText("open a slide first")
+            return
+        region = None
+        if self.reference.currentText() == REF_RECTANGLE:
+            shapes = [ly for ly in self.viewer.layers if ly._type_string == "shapes"]
+            try:
+                region = rectangle_region(shapes[-1] if shapes else None, layer)
+            except ValueError as exc:
+                self.status.setText(str(exc))
+                return
+        slide = layer.metadata["slide"]
+        worker = create_worker(
+            stain_task, slide, self.method.currentText(), self.reference.currentText(), self.ref_path.text(), region, _start_thread=False
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result: self._on_done(result, layer))
+        worker.errored.connect(lambda exc: self.status.setText(f"failed: {exc}"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.apply_button.setEnabled(False)
+        self.progress.setVisible(True)
+        worker.start()
+
+    def _on_progress(self, p: Progress):
+        self.progress.setMaximum(p.total)
+        self.progress.setValue(p.done)
+        self.status.setText(p.message)
+
+    def _on_done(self, result, layer):
+        norm, levels = result
+        name = f"{layer.name} ({norm.method})"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_image(
+            levels,
+            name=name,
+            rgb=True,
+            multiscale=True,
+            scale=layer.scale,
+            translate=layer.translate,
+            units=layer.units,
+            contrast_limits=(0, 255),
+            metadata={"stain_normalizer": norm.to_dict()},
+        )
+        self.status.setText(f"added {name}")
+
+    def _on_finished(self):
+        self.worker = None
+        self.apply_button.setEnabled(True)
+        self.progress.setVisible(False)
