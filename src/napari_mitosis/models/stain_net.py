@@ -175,23 +175,29 @@ class NeuralStainNormalizer(StainNormalizer):
     def transform(self, image, source: dict | None = None, mpp: float | None = None) -> np.ndarray:
         """Recolour an RGB image at pixel size ``mpp`` (defaults to the working one)."""
         image = check_rgb(image, "image")
+        return self.transform_batch([image], source, mpp)[0]
+
+    def transform_batch(self, images, source: dict | None = None, mpp: float | None = None) -> list[np.ndarray]:
+        """Recolour equally sized RGB tiles in one forward pass (GPU-friendly)."""
+        images = [np.asarray(im)[..., :3] for im in images]
+        if len({im.shape for im in images}) != 1:
+            raise StainNormError("transform_batch needs tiles of one size")
         g = None if source is None else source["global"].to(self.device)
         factor = (mpp or self.mpp) / self.mpp
-        small = _rescale(image, factor)
         with torch.no_grad():
-            lum_small = self._luminance(small)
+            lum_small = torch.cat([self._luminance(_rescale(im, factor)) for im in images])
             h, w = lum_small.shape[2:]
-            ph, pw = (-h) % 8, (-w) % 8
-            padded = F.pad(lum_small, (0, pw, 0, ph), mode="replicate")
+            padded = F.pad(lum_small, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
             chroma, _ = self.net(padded, g)
-            chroma = chroma[:, :, :h, :w]
-            full = to_tensor(image).to(self.device)
-            lab = rgb_to_lab(full)
-            chroma = F.interpolate(chroma, size=image.shape[:2], mode="bilinear", align_corners=False)
-            lab = torch.cat([lab[:, :1], chroma * AB_SCALE], 1)
-            out = lab_to_rgb(lab)[0].permute(1, 2, 0).cpu().numpy() * 255.0
-        w8 = tissue_weight(image)[..., None]
-        return np.clip(np.rint(w8 * out + (1 - w8) * image), 0, 255).astype(np.uint8)
+            chroma = F.interpolate(chroma[:, :, :h, :w], size=images[0].shape[:2], mode="bilinear", align_corners=False)
+            full = torch.cat([to_tensor(im) for im in images]).to(self.device)
+            lab = torch.cat([rgb_to_lab(full)[:, :1], chroma * AB_SCALE], 1)
+            outs = (lab_to_rgb(lab).permute(0, 2, 3, 1).cpu().numpy() * 255.0)
+        result = []
+        for im, out in zip(images, outs, strict=True):
+            w8 = tissue_weight(im)[..., None]
+            result.append(np.clip(np.rint(w8 * out + (1 - w8) * im), 0, 255).astype(np.uint8))
+        return result
 
     def _luminance(self, rgb: np.ndarray) -> torch.Tensor:
         return rgb_to_lab(to_tensor(rgb).to(self.device))[:, :1] / 100.0

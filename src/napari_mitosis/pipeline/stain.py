@@ -94,11 +94,15 @@ def _neural_block(block, norm, source, mpp):
     return norm.transform(block, source=source, mpp=mpp)
 
 
-def normalize_region_task(slide, norm: StainNormalizer, level: int, x: int, y: int, w: int, h: int, tile: int = 1024, source=None) -> Task:
+def normalize_region_task(
+    slide, norm: StainNormalizer, level: int, x: int, y: int, w: int, h: int, tile: int = 1024, source=None, batch: int = 4
+) -> Task:
     """Normalise a region tile by tile, with progress; returns the (h, w, 3) array.
 
     ``x, y`` are level-0 pixels and ``w, h`` pixels of ``level`` (as
-    :meth:`Slide.read_region`).
+    :meth:`Slide.read_region`). The neural method runs ``batch`` tiles per
+    forward pass (tiles are read at full size, padded with white at the
+    slide's edge, so they stack).
     """
     if not norm.fitted:
         raise StainNormError("fit the normaliser on a reference first")
@@ -108,15 +112,21 @@ def normalize_region_task(slide, norm: StainNormalizer, level: int, x: int, y: i
     ds = slide.level_downsamples[level]
     out = np.empty((h, w, 3), np.uint8)
     tiles = [(ty, tx) for ty in range(0, h, tile) for tx in range(0, w, tile)]
-    for k, (ty, tx) in enumerate(tiles):
-        yield Progress(k, len(tiles), f"normalising tile {k + 1}/{len(tiles)}")
-        th, tw = min(tile, h - ty), min(tile, w - tx)
-        px0, py0 = x + int(round((tx - halo) * ds)), y + int(round((ty - halo) * ds))
-        region = slide.read_region(level, px0, py0, tw + 2 * halo, th + 2 * halo)
+    th, tw = min(tile, h), min(tile, w)
+    step = batch if norm.method == "neural" else 1
+    for k in range(0, len(tiles), step):
+        group = tiles[k : k + step]
+        yield Progress(k, len(tiles), f"normalising tiles {k + 1}-{k + len(group)} of {len(tiles)}")
+        regions = [
+            slide.read_region(level, x + int(round((tx - halo) * ds)), y + int(round((ty - halo) * ds)), tw + 2 * halo, th + 2 * halo)
+            for ty, tx in group
+        ]
         if norm.method == "neural":
-            done = norm.transform(region, source=source, mpp=slide.level_mpp(level))
+            done = norm.transform_batch(regions, source=source, mpp=slide.level_mpp(level))
         else:
-            done = norm.transform(region, source=source)
-        out[ty : ty + th, tx : tx + tw] = done[halo : halo + th, halo : halo + tw]
+            done = [norm.transform(r, source=source) for r in regions]
+        for (ty, tx), d in zip(group, done, strict=True):
+            ch, cw = min(th, h - ty), min(tw, w - tx)
+            out[ty : ty + ch, tx : tx + cw] = d[halo : halo + ch, halo : halo + cw]
     yield Progress(len(tiles), len(tiles), "done")
     return out
