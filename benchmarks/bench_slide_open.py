@@ -7,7 +7,8 @@ a. ``open_slide(path)`` + building the napari layer object
    ``napari.layers.Image(data, **kwargs)`` from ``layer_data(slide)``
    (headless: no viewer, no Qt). The clock starts after ``napari``,
    ``napari_mitosis`` and the libraries the reader imports lazily (tifffile,
-   zarr, imagecodecs) are imported; import time is reported separately.
+   zarr, imagecodecs, and distributed, which dask imports on its first
+   compute) are imported; import time is reported separately.
    Resident memory (RSS, psutil) is taken before opening and after the layer
    is built.
 b. reading a 2048 x 2048 region at full resolution from the middle of the
@@ -15,8 +16,9 @@ b. reading a 2048 x 2048 region at full resolution from the middle of the
    threaded scheduler) against tifffile decoding exactly the same tiles
    directly (``fh.seek``/``fh.read`` of each tile, ``page.decode``, placed into
    an array), single-threaded and with a pool of 2 threads. Each is warmed up
-   once, then the best of 5 runs is kept. As diagnostics the dask read is also
-   timed with the synchronous (single-thread) scheduler, the same region is
+   once, then the best of 5 runs is kept; the methods run in interleaved
+   rounds so that a change in machine load affects them alike. As diagnostics
+   the dask read is also timed with the synchronous (single-thread) scheduler, the same region is
    read from tifffile's zarr store without dask, and through dask arrays whose
    chunks are 1 x 1, 2 x 2 and 4 x 4 file tiles.
 
@@ -62,14 +64,18 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _best(fn, repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _best_interleaved(fns: dict, repeats: int) -> dict:
+    """Best of ``repeats`` for each function, run in interleaved rounds (A B C D, A B C D, ...)
+    after one warm-up each, so a change in machine load hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times), times
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (min(v), v) for k, v in times.items()}
 
 
 def _tile_indices(page, x: int, y: int, w: int, h: int):
@@ -267,11 +273,21 @@ def worker(path: Path, repeats: int, profile: str | None, mode: str = "cold") ->
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
         res["profile_read"] = s.getvalue()
 
-    dask_s, dask_all = _best(lambda: slide.read_region(0, x, y, w, h), repeats)
-    with dask.config.set(scheduler="synchronous"):
-        dask_sync_s, dask_sync_all = _best(lambda: slide.read_region(0, x, y, w, h), repeats)
-    tif_s, tif_all = _best(read_serial, repeats)
-    tif2_s, tif2_all = _best(read_pool, repeats)
+    def read_sync():
+        with dask.config.set(scheduler="synchronous"):
+            return slide.read_region(0, x, y, w, h)
+
+    best = _best_interleaved(
+        {
+            "read_region": lambda: slide.read_region(0, x, y, w, h),
+            "read_region_sync": read_sync,
+            "tifffile": read_serial,
+            "tifffile_2threads": read_pool,
+        },
+        repeats,
+    )
+    (dask_s, dask_all), (dask_sync_s, dask_sync_all) = best["read_region"], best["read_region_sync"]
+    (tif_s, tif_all), (tif2_s, tif2_all) = best["tifffile"], best["tifffile_2threads"]
     close()
     diag = _diagnostics(path, x, y, w, h, repeats)
     res.update(
@@ -314,11 +330,12 @@ def _diagnostics(path: Path, x: int, y: int, w: int, h: int, repeats: int) -> di
         z = zarr.open(series.aszarr(level=0), mode="r")
         if not hasattr(z, "shape"):
             z = z["0"]
-        out["zarr_direct_s"] = _best(lambda: z[y : y + h, x : x + w], repeats)[0]
+        fns = {"zarr_direct_s": lambda: z[y : y + h, x : x + w]}
         for k in (1, 2, 4):  # dask chunks of 1 x 1, 2 x 2 and 4 x 4 file tiles
             cy, cx = z.chunks[0] * k, z.chunks[1] * k
             a = da.from_zarr(z, chunks=(cy, cx, z.shape[2]), inline_array=True)
-            out[f"dask_tiles{k}x{k}_s"] = _best(lambda a=a: a[y : y + h, x : x + w].compute(), repeats)[0]
+            fns[f"dask_tiles{k}x{k}_s"] = lambda a=a: a[y : y + h, x : x + w].compute()
+        out = {k: v[0] for k, v in _best_interleaved(fns, repeats).items()}
     return out
 
 
@@ -435,7 +452,7 @@ def tables(summary: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Benchmark slide opening and region reading.")
     ap.add_argument("--slides", type=Path, nargs="+", help="slides to benchmark (default: benchmarks/data + shared slides)")
-    ap.add_argument("--runs", type=int, default=3, help="fresh processes per slide (default 3)")
+    ap.add_argument("--runs", type=int, default=3, help="fresh processes per slide, for each of cold and warm (default 3)")
     ap.add_argument("--repeats", type=int, default=REPEATS, help="timed region reads per method (default 5)")
     ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON results file")
     ap.add_argument("--profile", choices=("open", "read"), help="print a cProfile of one run per slide")
@@ -451,6 +468,7 @@ def main(argv=None) -> int:
     if not slides:
         print("no slides: run benchmarks/make_slides.py first or pass --slides", file=sys.stderr)
         return 1
+    load_before = os.getloadavg()
     results = []
     for path in slides:
         cold = [run_fresh(path, args.repeats, "cold") for _ in range(args.runs)]
@@ -472,7 +490,7 @@ def main(argv=None) -> int:
     print(md)
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg()},
         "versions": results[0]["warm_runs"][0]["versions"],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"region": REGION, "repeats": args.repeats, "runs": args.runs},
@@ -480,7 +498,8 @@ def main(argv=None) -> int:
         "markdown": md,
     }
     args.out.write_text(json.dumps(payload, indent=1))
-    print(f"\nwrote {args.out}")
+    print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (1 min; {os.cpu_count()} CPUs)")
+    print(f"wrote {args.out}")
     return 0
 
 

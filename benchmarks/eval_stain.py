@@ -73,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "docs" / "stain_results.md"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "stain_results.json"))
     ap.add_argument("--models", nargs="*", default=["stain-mitos-atypia14", "stain-mitos-atypia14-mse-only"])
+    ap.add_argument("--extra-models-dir", default=str(ROOT / "benchmarks" / "data" / "models"), help="ablation weights (not shipped)")
     args = ap.parse_args(argv)
     import torch
 
@@ -87,10 +88,13 @@ def main(argv=None):
     from napari_mitosis.models.registry import list_models
     from napari_mitosis.models.stain_net import NeuralStainNormalizer
 
+    extra = Path(args.extra_models_dir)
     for name in args.models:
+        label = "neural (MSE + class. loss)" if "mse-only" not in name else "neural (MSE loss only)"
         if name in list_models("stain"):
-            label = "neural (MSE + class. loss)" if "mse-only" not in name else "neural (MSE loss only)"
             methods[label] = NeuralStainNormalizer(model=name, device="cpu")
+        elif extra.is_dir() and name in list_models("stain", folder=extra):
+            methods[label] = NeuralStainNormalizer(model=name, device="cpu", folder=extra)
     if "stain-mitos-atypia14" in list_models("stain"):
         ft = NeuralStainNormalizer(model="stain-mitos-atypia14", device="cpu")
         t0 = time.perf_counter()

@@ -45,3 +45,15 @@ def test_sample_data_opens(make_napari_viewer, tmp_path, monkeypatch):
     assert len(points.data) > 10
     assert set(points.properties["class"]) == {"mitotic_figure", "granulocyte"}
     assert list(tmp_path.glob("*.ome.tif"))  # generated once, cached
+
+
+def test_computed_levels_do_not_fill_the_napari_cache(tmp_path):
+    import tifffile
+
+    from napari_mitosis.io import open_slide
+    from napari_mitosis.io.napari_reader import layer_data
+
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.zeros((3000, 2500, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    with open_slide(path) as slide:
+        assert layer_data(slide)[1]["cache"] is False

@@ -30,8 +30,9 @@ def test_real_slides_open_with_their_metadata(name):
         assert max(slide.level_shapes[-1]) <= 2048
         for lev in slide.levels:
             assert lev.dtype == np.uint8 and lev.shape[2] == 3
-        # chunks are the file's tiles
-        assert slide.levels[0].chunksize[:2] == (tile, tile)
+        # chunks are aligned to the file's tiles (2 x 2 tiles per dask task)
+        assert slide.levels[0].chunksize[:2] == (2 * tile, 2 * tile)
+        assert all(c % tile == 0 for c in slide.levels[0].chunks[0][:-1])
         assert slide.level_downsamples[0] == 1.0
         assert all(b > a for a, b in zip(slide.level_downsamples, slide.level_downsamples[1:]))
 
@@ -116,7 +117,7 @@ def test_single_level_tiff_gets_a_lazy_pyramid(tmp_path):
         lvl1 = slide.levels[1][:64, :64].compute()
         want = img[:128, :128].reshape(64, 2, 64, 2, 3).astype(float).mean(axis=(1, 3))
         assert np.abs(lvl1 - want).max() <= 1
-        assert slide.levels[0].chunksize[:2] == (512, 512)
+        assert slide.levels[0].chunksize[:2] == (1024, 1024)  # 2 x 2 tiles of 512
 
 
 def test_plain_images_png_and_jpeg(tmp_path, synth):
@@ -204,3 +205,18 @@ def test_stripped_tiff_chunks_are_whole_strips(tmp_path):
     with open_slide(path) as slide:
         assert slide.levels[0].chunks[0] == (512, 488)  # 64 whole strips, not 125 chunks of 8 rows
         np.testing.assert_array_equal(slide.read_region(0, 0, 0, 200, 1000), img)
+
+
+def test_pyramid_writer_reports_progress_to_the_end(tmp_path, synth):
+    seen = []
+    write_pyramid(tmp_path / "p.ome.tif", (700, 900), lambda y0, n: synth.render(y0, 0, n, 900)[0], mpp=0.25,
+                  smallest=256, progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    assert seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+
+
+def test_direct_and_lazy_reads_agree(synthetic_slide_file):
+    with open_slide(synthetic_slide_file) as slide:
+        direct = slide.read_region(0, 123, 77, 700, 500)
+        lazy = slide.levels[0][77:577, 123:823].compute()
+    np.testing.assert_array_equal(direct, lazy)

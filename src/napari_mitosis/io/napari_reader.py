@@ -65,4 +65,7 @@ def layer_data(slide: Slide) -> tuple:
         "contrast_limits": (0, 255),
         "metadata": meta,
     }
+    if slide.level_count > slide.file_levels:
+        # levels computed by coarsening would fill napari's dask cache with decoded tiles
+        kwargs["cache"] = False
     return (slide.levels, kwargs, "image")

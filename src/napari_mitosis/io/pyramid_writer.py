@@ -112,10 +112,10 @@ def write_pyramid(
                     lower[0][y1 : y1 + len(half)] = half[: shapes[1][0] - y1]
                     y1 += len(half)
                     carry = block[even:] if even < block.shape[0] else None
-                yield from _tiles(stripe, tile)
-                done += 1
+                done += 1  # counted before yielding: tifffile stops pulling after the last tile
                 if progress:
                     progress(done, total)
+                yield from _tiles(stripe, tile)
 
         def level_tiles(i: int) -> Iterator[np.ndarray]:
             nonlocal done
@@ -130,10 +130,10 @@ def write_pyramid(
                     start = y0 // 2
                     stop = min(start + len(half), shapes[i + 1][0])
                     nxt[start:stop] = half[: stop - start]
-                yield from _tiles(stripe, tile)
                 done += 1
                 if progress:
                     progress(done, total)
+                yield from _tiles(stripe, tile)
 
         metadata = {"axes": "YXS"}
         if ome and mpp:

@@ -71,6 +71,8 @@ class Slide:
     mpp_source: str = "unknown"
     file_levels: int = 1
     _associated: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict, repr=False)
+    #: per stored level, a direct ``(y0, y1, x0, x1) -> array`` reader that skips dask
+    _direct: list[Callable | None] = field(default_factory=list, repr=False)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     # ---------------------------------------------------------------- geometry
@@ -141,8 +143,10 @@ class Slide:
         y0, y1 = max(ly, 0), min(ly + h, H)
         x0, x1 = max(lx, 0), min(lx + w, W)
         if y1 > y0 and x1 > x0:
+            direct = self._direct[level] if level < len(self._direct) else None
             try:
-                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = arr[y0:y1, x0:x1].compute()
+                block = direct(y0, y1, x0, x1) if direct is not None else arr[y0:y1, x0:x1].compute()
+                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block
             except SlideError:
                 raise
             except Exception as exc:  # a codec or I/O error from deep inside

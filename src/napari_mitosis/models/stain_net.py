@@ -136,12 +136,14 @@ class NeuralStainNormalizer(StainNormalizer):
 
     method = "neural"
 
-    def __init__(self, model: str = "stain-mitos-atypia14", device: str = "auto", fit_steps: int = 150, batch: int = 8):
+    def __init__(
+        self, model: str = "stain-mitos-atypia14", device: str = "auto", fit_steps: int = 150, batch: int = 8, folder=None
+    ):
         super().__init__()
-        from .registry import load_model
+        from .registry import WEIGHTS_DIR, load_model
 
         self.model = model
-        self.net, self.spec = load_model(model, device=device)
+        self.net, self.spec = load_model(model, device=device, folder=folder or WEIGHTS_DIR)
         self.device = next(self.net.parameters()).device
         self.fit_steps, self.batch = fit_steps, batch
         self.target = {"model": model, "finetuned": False}
