@@ -89,17 +89,29 @@ def main(argv=None):
     from napari_mitosis.models.stain_net import NeuralStainNormalizer
 
     extra = Path(args.extra_models_dir)
-    for name in args.models:
-        label = "neural (MSE + class. loss)" if "mse-only" not in name else "neural (MSE loss only)"
+
+    def neural(name, **kw):
         if name in list_models("stain"):
-            methods[label] = NeuralStainNormalizer(model=name, device="cpu")
-        elif extra.is_dir() and name in list_models("stain", folder=extra):
-            methods[label] = NeuralStainNormalizer(model=name, device="cpu", folder=extra)
-    if "stain-mitos-atypia14" in list_models("stain"):
-        ft = NeuralStainNormalizer(model="stain-mitos-atypia14", device="cpu")
+            return NeuralStainNormalizer(model=name, device="cpu", **kw)
+        if extra.is_dir() and name in list_models("stain", folder=extra):
+            return NeuralStainNormalizer(model=name, device="cpu", folder=extra, **kw)
+        return None
+
+    main_name, ablation_name = args.models[0], args.models[1] if len(args.models) > 1 else None
+    candidates = {
+        "neural, chroma only, MSE loss (paper's ablation)": (ablation_name, {"match_lightness": False}),
+        "neural, chroma only, MSE + class. loss (paper)": (main_name, {"match_lightness": False}),
+        "neural + lightness matching (ours)": (main_name, {}),
+    }
+    for label, (name, kw) in candidates.items():
+        norm = neural(name, **kw) if name else None
+        if norm is not None:
+            methods[label] = norm
+    ft = neural(main_name)
+    if ft is not None:
         t0 = time.perf_counter()
         ft.fit(target, mpp=0.2455)
-        methods["neural, fitted to the frame"] = ft
+        methods["neural + lightness, fitted to the frame (ours)"] = ft
         print(f"fine-tuning on the reference frame took {time.perf_counter() - t0:.1f} s")
 
     rows = []

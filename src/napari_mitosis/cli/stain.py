@@ -123,6 +123,7 @@ def cmd_train_stain(args) -> int:
             "style": "MITOS-ATYPIA-14 frames (Aperio XT, breast), ../shared/data/mitosis/mitos_atypia14",
             "split": f"frames of group {args.val_group} for validation, the other groups for training",
             "class_share": args.class_share,
+            "style_lightness": ts.style_lightness(trn),
             "command": command,
         },
     )

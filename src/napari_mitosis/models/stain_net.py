@@ -132,12 +132,22 @@ class NeuralStainNormalizer(StainNormalizer):
         Registry name of the shipped weights.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
+    match_lightness : bool
+        Also match the tissue lightness (mean and spread of CIE L) to the
+        style's before re-colouring: the network only predicts chroma, and a
+        darker or paler lab stays darker or paler without it.
     """
 
     method = "neural"
 
     def __init__(
-        self, model: str = "stain-mitos-atypia14", device: str = "auto", fit_steps: int = 150, batch: int = 8, folder=None
+        self,
+        model: str = "stain-mitos-atypia14",
+        device: str = "auto",
+        fit_steps: int = 150,
+        batch: int = 8,
+        folder=None,
+        match_lightness: bool = True,
     ):
         super().__init__()
         from .registry import WEIGHTS_DIR, load_model
@@ -146,7 +156,9 @@ class NeuralStainNormalizer(StainNormalizer):
         self.net, self.spec = load_model(model, device=device, folder=folder or WEIGHTS_DIR)
         self.device = next(self.net.parameters()).device
         self.fit_steps, self.batch = fit_steps, batch
-        self.target = {"model": model, "finetuned": False}
+        self.match_lightness = match_lightness
+        lightness = self.spec.training.get("style_lightness")
+        self.target = {"model": model, "finetuned": False, "lightness": lightness}
 
     @property
     def mpp(self) -> float:
@@ -162,17 +174,17 @@ class NeuralStainNormalizer(StainNormalizer):
         ref = _rescale(reference, (mpp or self.mpp) / self.mpp)
         finetune(self.net, ref, steps=self.fit_steps, batch=self.batch, seed=seed)
         self.net.eval()
-        self.target = {"model": self.model, "finetuned": True}
+        self.target = {"model": self.model, "finetuned": True, "lightness": _lightness(ref)}
         return self
 
     def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:
         """Global descriptor of an image (a slide overview), shared by all its tiles."""
         image = check_rgb(image, what)
         small = _rescale(image, (mpp or self.mpp) / self.mpp)
-        lum = self._luminance(small)
+        stats = {"lightness": _lightness(small)}
         with torch.no_grad():
-            g = self.net.global_features(lum)
-        return {"global": g.cpu()}
+            g = self.net.global_features(self._luminance(small, stats["lightness"]))
+        return {**stats, "global": g.cpu()}
 
     def transform(self, image, source: dict | None = None, mpp: float | None = None) -> np.ndarray:
         """Recolour an RGB image at pixel size ``mpp`` (defaults to the working one)."""
@@ -186,14 +198,19 @@ class NeuralStainNormalizer(StainNormalizer):
             raise StainNormError("transform_batch needs tiles of one size")
         g = None if source is None else source["global"].to(self.device)
         factor = (mpp or self.mpp) / self.mpp
+        smalls = [_rescale(im, factor) for im in images]
+        if source is not None:
+            lights = [source.get("lightness")] * len(images)
+        else:  # each image's own statistics (tissue-less images are left alone below)
+            lights = [_lightness(sm) if (tissue_weight(sm) >= 1).sum() > 50 else None for sm in smalls]
         with torch.no_grad():
-            lum_small = torch.cat([self._luminance(_rescale(im, factor)) for im in images])
+            lum_small = torch.cat([self._luminance(sm, li) for sm, li in zip(smalls, lights, strict=True)])
             h, w = lum_small.shape[2:]
             padded = F.pad(lum_small, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
             chroma, _ = self.net(padded, g)
             chroma = F.interpolate(chroma[:, :, :h, :w], size=images[0].shape[:2], mode="bilinear", align_corners=False)
-            full = torch.cat([to_tensor(im) for im in images]).to(self.device)
-            lab = torch.cat([rgb_to_lab(full)[:, :1], chroma * AB_SCALE], 1)
+            lum_full = torch.cat([self._match(rgb_to_lab(to_tensor(im).to(self.device))[:, :1], li) for im, li in zip(images, lights, strict=True)])
+            lab = torch.cat([lum_full, chroma * AB_SCALE], 1)
             outs = (lab_to_rgb(lab).permute(0, 2, 3, 1).cpu().numpy() * 255.0)
         result = []
         for im, out in zip(images, outs, strict=True):
@@ -201,19 +218,45 @@ class NeuralStainNormalizer(StainNormalizer):
             result.append(np.clip(np.rint(w8 * out + (1 - w8) * im), 0, 255).astype(np.uint8))
         return result
 
-    def _luminance(self, rgb: np.ndarray) -> torch.Tensor:
-        return rgb_to_lab(to_tensor(rgb).to(self.device))[:, :1] / 100.0
+    def _luminance(self, rgb: np.ndarray, lightness=None) -> torch.Tensor:
+        """Network input: CIE L / 100, lightness-matched to the style when asked."""
+        return self._match(rgb_to_lab(to_tensor(rgb).to(self.device))[:, :1], lightness) / 100.0
+
+    def _match(self, L: torch.Tensor, source_lightness) -> torch.Tensor:
+        target = self.target.get("lightness")
+        if not self.match_lightness or source_lightness is None or target is None:
+            return L
+        (ms, ss), (mt, st) = source_lightness, target
+        return ((L - ms) / max(ss, 1e-3) * st + mt).clamp(0, 100)
 
     def to_dict(self) -> dict:
-        return {"method": "neural", "model": self.model, "finetuned": bool(self.target.get("finetuned"))}
+        return {
+            "method": "neural",
+            "model": self.model,
+            "finetuned": bool(self.target.get("finetuned")),
+            "lightness": self.target.get("lightness"),
+            "match_lightness": self.match_lightness,
+        }
 
     @classmethod
     def from_dict(cls, data: dict, state: dict | None = None) -> NeuralStainNormalizer:
-        norm = cls(model=data.get("model", "stain-mitos-atypia14"))
+        norm = cls(model=data.get("model", "stain-mitos-atypia14"), match_lightness=data.get("match_lightness", True))
         if state is not None:
             norm.net.load_state_dict(state)
-            norm.target = {"model": norm.model, "finetuned": True}
+            norm.net.eval()
+        norm.target = {"model": norm.model, "finetuned": state is not None, "lightness": data.get("lightness", norm.target["lightness"])}
         return norm
+
+
+def _lightness(rgb: np.ndarray):
+    """(mean, std) of CIE L over tissue pixels, or None without tissue."""
+    from skimage import color
+
+    mask = tissue_weight(rgb) >= 1
+    if mask.sum() < 50:
+        return None
+    values = color.rgb2lab(rgb)[..., 0][mask]
+    return [float(values.mean()), float(values.std())]
 
 
 def _rescale(image: np.ndarray, factor: float) -> np.ndarray:

@@ -67,6 +67,17 @@ def load_mitos_frames(root) -> list[StyleImage]:
     return images
 
 
+def style_lightness(images: list[StyleImage]) -> list[float]:
+    """Mean and standard deviation of CIE L over the tissue pixels of a style's images."""
+    from skimage import color
+
+    from ..core.stain_norm import tissue_weight
+
+    values = [color.rgb2lab(im.rgb)[..., 0][tissue_weight(im.rgb) >= 1] for im in images]
+    values = np.concatenate(values)
+    return [float(values.mean()), float(values.std())]
+
+
 def perturb_stain(rgb: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Random stain, brightness, contrast and gamma change of (B, 3, H, W) RGB in [0, 1]."""
     b = rgb.shape[0]
