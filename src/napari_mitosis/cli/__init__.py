@@ -11,10 +11,11 @@ import argparse
 import sys
 
 from .. import __version__
-from . import slides
+from . import classify, nuclei, slides, stain, train
 
-#: Modules that add sub-commands, in help order.
-COMMAND_MODULES = [slides]
+#: Modules that add sub-commands, in help order; ``train`` comes last (it
+#: collects the trainers the others add).
+COMMAND_MODULES = [slides, stain, nuclei, classify, train]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +33,14 @@ def error(msg: str) -> int:
 
 
 def main(argv=None) -> int:
-    from ..io import SlideError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SlideError as exc:
-        return error(str(exc))
     except KeyboardInterrupt:
         return error("interrupted")
-    except (OSError, ValueError) as exc:
-        return error(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if type(exc).__module__.startswith("napari_mitosis"):
+            return error(str(exc))  # our own errors: the message says what is wrong and what to do
+        if isinstance(exc, (OSError, ValueError)):
+            return error(f"{type(exc).__name__}: {exc}")
+        raise
