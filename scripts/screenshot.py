@@ -25,8 +25,18 @@ def main():
     widget.run_button.click()
     while widget.worker is not None:
         QApplication.processEvents()
-    viewer.reset_view()
-    viewer.camera.zoom *= 1.05
+    # zoom into a tumour nest and segment the nuclei of the view
+    mpp = viewer.layers[0].scale[0]
+    viewer.camera.center = (2300 * mpp, 2000 * mpp)
+    viewer.camera.zoom = 3.2
+    for _ in range(50):
+        QApplication.processEvents()
+    viewer.layers.selection.active = viewer.layers[0]
+    widget.nuclei_button.click()
+    while widget.worker is not None:
+        QApplication.processEvents()
+    nuclei = [ly for ly in viewer.layers if ly.name.startswith("nuclei")][0]
+    nuclei.contour = 1
     for _ in range(50):
         QApplication.processEvents()
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ import pytest
 
 from napari_mitosis.core.stain_metrics import delta_e
 from napari_mitosis.io.napari_reader import get_reader
-from napari_mitosis.widgets.stain import REF_RECTANGLE, StainWidget, rectangle_region
+from napari_mitosis.widgets.regions import rectangle_region
+from napari_mitosis.widgets.stain import REF_RECTANGLE, StainWidget
 
 pytestmark = pytest.mark.gui
 

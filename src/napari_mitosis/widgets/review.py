@@ -1,25 +1,41 @@
 """The "Mitosis review" dock widget (thin: parameters, a worker, layers).
 
 It shows what slide is open (size, pixel size, pyramid) and runs the steps
-that exist so far in a napari thread worker, with a progress bar and a Run
-button that turns into Cancel.
+that exist so far in a napari thread worker, with a progress bar; the button
+of the running step turns into Cancel.
+
+Steps: tissue detection, and nucleus segmentation of the current view, the
+last rectangle drawn on the slide, or all tissue.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QFormLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..pipeline import Progress, tissue_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
+REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE = "current view", "last drawn rectangle", "all tissue"
+TISSUE_LABEL, NUCLEI_LABEL = "Detect tissue", "Segment nuclei"
+
 
 def slide_layers(viewer) -> list:
     """Image layers that hold a slide opened by napari-mitosis."""
     return [ly for ly in viewer.layers if ly._type_string == "image" and "slide" in ly.metadata]
+
+
+def nuclei_task(slide, region_kind: str, roi, method: str, device: str, tissue=None):
+    """Segment nuclei of a region; for all tissue, detect the tissue first (progress throughout)."""
+    from ..pipeline.nuclei import segment_task
+
+    if region_kind == REGION_TISSUE and tissue is None:
+        tissue = yield from tissue_task(slide)
+    result = yield from segment_task(slide, roi=roi, method=method, device=device, tissue=tissue if region_kind == REGION_TISSUE else None)
+    return result, tissue
 
 
 class ReviewWidget(QWidget):
@@ -31,6 +47,7 @@ class ReviewWidget(QWidget):
         self.worker = None
         self.tissue = None
         self._cancelling = False
+        self._running_button = None
 
         self.slide_label = QLabel()
         self.slide_label.setWordWrap(True)
@@ -38,13 +55,25 @@ class ReviewWidget(QWidget):
         self.mpp_label = QLabel()
         self.levels_label = QLabel()
         self.tissue_label = QLabel("not detected yet")
+        self.nuclei_label = QLabel("-")
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        self.run_button = QPushButton("Detect tissue")
+
+        self.run_button = QPushButton(TISSUE_LABEL)
         self.run_button.setToolTip("Compute the tissue mask of the slide (Run / Cancel)")
-        self.run_button.clicked.connect(self._run_or_cancel)
+        self.run_button.clicked.connect(self._run_tissue)
+        self.region = QComboBox()
+        self.region.addItems([REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE])
+        self.nuclei_method = QComboBox()
+        self.nuclei_method.addItems(["unet", "log"])
+        self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.nuclei_button = QPushButton(NUCLEI_LABEL)
+        self.nuclei_button.setToolTip("Segment the nuclei of the chosen region (Run / Cancel)")
+        self.nuclei_button.clicked.connect(self._run_nuclei)
 
         form = QFormLayout()
         form.addRow("Slide:", self.slide_label)
@@ -52,9 +81,14 @@ class ReviewWidget(QWidget):
         form.addRow("Pixel size:", self.mpp_label)
         form.addRow("Pyramid:", self.levels_label)
         form.addRow("Tissue:", self.tissue_label)
+        form.addRow(self.run_button)
+        form.addRow("Region:", self.region)
+        form.addRow("Nuclei by:", self.nuclei_method)
+        form.addRow("Device:", self.device)
+        form.addRow(self.nuclei_button)
+        form.addRow("Nuclei:", self.nuclei_label)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.run_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -81,7 +115,8 @@ class ReviewWidget(QWidget):
     def _refresh(self, event=None):
         slide = self.slide
         running = self.worker is not None
-        self.run_button.setEnabled(slide is not None or running)
+        for button in (self.run_button, self.nuclei_button):
+            button.setEnabled((slide is not None and not running) or button is self._running_button)
         if slide is None:
             self.slide_label.setText("open a slide (File > Open) or File > Open Sample > Synthetic H&E slide")
             for label in (self.size_label, self.mpp_label, self.levels_label):
@@ -89,7 +124,8 @@ class ReviewWidget(QWidget):
             return
         w, h = slide.dimensions
         self.slide_label.setText(self.slide_layer.name)
-        self.size_label.setText(f"{w:,} x {h:,} px" + (f" ({w * slide.mpp / 1000:.1f} x {h * slide.mpp / 1000:.1f} mm)" if slide.mpp else ""))
+        mm = f" ({w * slide.mpp / 1000:.1f} x {h * slide.mpp / 1000:.1f} mm)" if slide.mpp else ""
+        self.size_label.setText(f"{w:,} x {h:,} px{mm}")
         if slide.mpp:
             obj = f", {slide.objective_power:g}x" if slide.objective_power else ""
             self.mpp_label.setText(f"{slide.mpp:.4g} um/px ({slide.mpp_source}{obj})")
@@ -98,29 +134,64 @@ class ReviewWidget(QWidget):
         self.levels_label.setText(f"{slide.level_count} levels ({slide.file_levels} in the file)")
 
     # ---------------------------------------------------------------- running
-    def _run_or_cancel(self):
-        if self.worker is not None:
-            self._cancelling = True
-            self.status.setText("cancelling...")
-            self.worker.quit()
-            return
-        slide, layer = self.slide, self.slide_layer
-        if slide is None:
-            return
+    def _start(self, button, function, *args, on_return, message):
+        """Run a task generator in a thread worker; ``button`` becomes Cancel."""
         from napari.qt.threading import create_worker
 
-        worker = create_worker(tissue_task, slide, _start_thread=False)
+        worker = create_worker(function, *args, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_tissue(result, layer))
+        worker.returned.connect(on_return)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self.status.setText("cancelled"))
         worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.run_button.setText("Cancel")
+        self.worker, self._running_button = worker, button
+        self._labels = {self.run_button: TISSUE_LABEL, self.nuclei_button: NUCLEI_LABEL}
+        button.setText("Cancel")
+        self._refresh()
         self.progress.setVisible(True)
         self.progress.setValue(0)
-        self.status.setText("detecting tissue...")
+        self.status.setText(message)
         worker.start()
+
+    def _cancel(self):
+        self._cancelling = True
+        self.status.setText("cancelling...")
+        self.worker.quit()
+
+    def _run_tissue(self):
+        if self.worker is not None:  # this button is Cancel while its step runs
+            return self._cancel()
+        slide, layer = self.slide, self.slide_layer
+        if slide is None:
+            return
+        self._start(self.run_button, tissue_task, slide, on_return=lambda t: self._on_tissue(t, layer), message="detecting tissue...")
+
+    def _run_nuclei(self):
+        from .regions import last_rectangle, view_region
+
+        if self.worker is not None:
+            return self._cancel()
+        slide, layer = self.slide, self.slide_layer
+        if slide is None:
+            return
+        kind = self.region.currentText()
+        try:
+            roi = view_region(layer, slide) if kind == REGION_VIEW else last_rectangle(self.viewer, layer) if kind == REGION_RECTANGLE else None
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
+        self._start(
+            self.nuclei_button,
+            nuclei_task,
+            slide,
+            kind,
+            roi,
+            self.nuclei_method.currentText(),
+            self.device.currentText(),
+            self.tissue,
+            on_return=lambda result: self._on_nuclei(result, layer),
+            message=f"segmenting nuclei ({kind})...",
+        )
 
     def _on_progress(self, p: Progress):
         if self._cancelling:  # progress queued before the cancel arrives late: ignore it
@@ -151,12 +222,26 @@ class ReviewWidget(QWidget):
         )
         self.status.setText("tissue detected")
 
+    def _on_nuclei(self, result, layer):
+        from ..pipeline.nuclei import as_layer_data
+
+        (labels, table), tissue = result
+        if tissue is not None and self.tissue is None:
+            self._on_tissue(tissue, layer)
+        data, kwargs, _ = as_layer_data(labels, table, name=f"nuclei ({layer.name})")
+        if kwargs["name"] in self.viewer.layers:
+            self.viewer.layers.remove(kwargs["name"])
+        self.viewer.add_labels(data, units=layer.units, **kwargs)
+        self.nuclei_label.setText(f"{len(table):,} nuclei")
+        self.status.setText(f"segmented {len(table):,} nuclei")
+
     def _on_error(self, exc):
         self.status.setText(f"failed: {exc}")
 
     def _on_finished(self):
+        if self._running_button is not None:
+            self._running_button.setText(self._labels[self._running_button])
         self._cancelling = False
-        self.worker = None
-        self.run_button.setText("Detect tissue")
+        self.worker, self._running_button = None, None
         self.progress.setVisible(False)
         self._refresh()

@@ -8,7 +8,6 @@ computed.
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -23,20 +22,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..pipeline import Progress
+from .regions import last_rectangle
 from .review import slide_layers
 
 REF_FILE, REF_RECTANGLE, REF_SHIPPED = "image file", "rectangle on the slide", "shipped style (neural)"
-
-
-def rectangle_region(shapes_layer, slide_layer) -> tuple[int, int, int, int]:
-    """Level-0 ``(x, y, w, h)`` of the last rectangle of a Shapes layer over a slide layer."""
-    if shapes_layer is None or len(shapes_layer.data) == 0:
-        raise ValueError("draw a rectangle on the slide first (a Shapes layer, rectangle tool)")
-    corners = np.asarray(shapes_layer.data[-1])[:, -2:]
-    world = np.asarray([shapes_layer.data_to_world(c) for c in corners])[:, -2:]
-    px = np.asarray([slide_layer.world_to_data(w) for w in world])[:, -2:]
-    (y0, x0), (y1, x1) = px.min(axis=0), px.max(axis=0)
-    return int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0))
 
 
 def stain_task(slide, method: str, reference: str, ref_file: str | None = None, region=None, device: str = "auto"):
@@ -115,9 +104,8 @@ class StainWidget(QWidget):
             return
         region = None
         if self.reference.currentText() == REF_RECTANGLE:
-            shapes = [ly for ly in self.viewer.layers if ly._type_string == "shapes"]
             try:
-                region = rectangle_region(shapes[-1] if shapes else None, layer)
+                region = last_rectangle(self.viewer, layer)
             except ValueError as exc:
                 self.status.setText(str(exc))
                 return
