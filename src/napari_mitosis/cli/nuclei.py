@@ -117,6 +117,10 @@ def configure_train(p) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--ship", action="store_true",
                    help="write nuclei-unet.pt/.json/.md into the package's weights folder (default: into --out)")
+    p.add_argument("--normalize", choices=["none", "macenko", "reinhard", "neural"], default="none",
+                   help="stain-normalise every training and validation image once at load time (default none)")
+    p.add_argument("--norm-reference", help="reference image for --normalize (default: the training image "
+                   "monuseg_train/images/TCGA-A7-A13F-01Z-00-DX1.jpg of --data)")
 
 
 def cmd_train(args) -> int:
@@ -142,6 +146,8 @@ def cmd_train(args) -> int:
         resume=not args.fresh,
         max_steps=args.max_steps,
         weights_dir=str(WEIGHTS_DIR) if args.ship else None,
+        normalize=args.normalize,
+        norm_reference=args.norm_reference,
         command="napari-mitosis " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 

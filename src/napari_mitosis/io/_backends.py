@@ -141,7 +141,7 @@ def _to_rgb(path, arr: da.Array, axes: str) -> da.Array:
     """Reorder a tifffile/OME array to ``(Y, X, 3)``, dropping singleton axes."""
     index = []
     keep = []
-    for ax, n in zip(axes, arr.shape, strict=True):
+    for ax in axes:
         if ax in "YXSC":
             index.append(slice(None))
             keep.append(ax)

@@ -56,6 +56,14 @@ VALIDATION = {
 }
 
 
+#: Default stain-normalisation reference (``--normalize`` without ``--norm-reference``):
+#: a fixed *training* image (MoNuSeg, breast, TCGA-A7-A13F), relative to the data folder.
+DEFAULT_NORM_REFERENCE = "monuseg_train/images/TCGA-A7-A13F-01Z-00-DX1.jpg"
+
+#: Stain normalisations the trainer can apply at load time.
+NORMALIZATIONS = ("none", "macenko", "reinhard", "neural")
+
+
 class DataError(ValueError):
     """The training data folder is missing or malformed; the message says what to do."""
 
@@ -146,6 +154,53 @@ def load_sample(item: dict, mpp: float = NUCLEI_MPP, keep_native: bool = False) 
     return Sample(item["name"], item["source"], item["mpp"], rgb, labels, item["instances"], shape, native)
 
 
+def make_load_normalizer(method: str, data_dir, reference=None, device: str = "cpu"):
+    """A stain normaliser fitted on the reference image (at the working resolution), or None.
+
+    ``reference``: an image path (default :data:`DEFAULT_NORM_REFERENCE` in ``data_dir``).
+    Its pixel size is taken from the nuclei data sources when it is one of their images,
+    else 0.5 um/px (the working resolution) is assumed.
+    """
+    method = (method or "none").lower()
+    if method == "none":
+        return None
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown stain normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    from skimage.io import imread
+    from skimage.transform import resize
+
+    from ..pipeline.stain import make_normalizer
+
+    ref = Path(reference) if reference else Path(data_dir) / DEFAULT_NORM_REFERENCE
+    if not ref.exists():
+        raise DataError(f"{ref}: stain-normalisation reference not found; pass --norm-reference")
+    rgb = imread(ref)[..., :3]
+    mpp = NUCLEI_MPP
+    if ref.parent.name == "images" and ref.parent.parent.name in ("monuseg_train", "miccai15", "gbm40"):
+        mpp = source_mpp(ref.parent.parent.name, ref.stem)
+    f = mpp / NUCLEI_MPP
+    if abs(f - 1) > 1e-3:
+        out = (max(1, round(rgb.shape[0] * f)), max(1, round(rgb.shape[1] * f)))
+        rgb = (resize(rgb, out, anti_aliasing=f < 1, preserve_range=True) + 0.5).astype(np.uint8)
+    norm = make_normalizer(method, device=device)
+    norm.reference_path = str(ref)
+    if method == "neural":
+        norm.fit(rgb, mpp=NUCLEI_MPP)
+    else:
+        norm.fit(rgb)
+    return norm
+
+
+def normalize_sample(sample: Sample, norm) -> Sample:
+    """Stain-normalise a loaded sample's RGB (at the working resolution) in place; returns it."""
+    if norm is not None:
+        if norm.method == "neural":
+            sample.rgb = norm.transform(sample.rgb, mpp=NUCLEI_MPP)
+        else:
+            sample.rgb = norm.transform(sample.rgb)
+    return sample
+
+
 # ------------------------------------------------------------ augmentation
 _M = np.stack([unit(HEMATOXYLIN), unit(EOSIN), unit(np.cross(unit(HEMATOXYLIN), unit(EOSIN)))]).astype(np.float32)
 _MINV = np.linalg.inv(_M).astype(np.float32)
@@ -204,6 +259,8 @@ class TrainConfig:
     max_steps: int | None = None
     weights_dir: str | None = None
     command: str = ""
+    normalize: str = "none"  # stain-normalise every image once at load time (after rescaling)
+    norm_reference: str | None = None  # default: DEFAULT_NORM_REFERENCE (a training image)
 
 
 def _loss(logits, target):
@@ -297,8 +354,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     items = list_images(cfg.data)
     log(f"loading {len(items)} images, rescaling to {NUCLEI_MPP} um/px")
-    train_s = [load_sample(i) for i in items if i["split"] == "train"]
-    val_s = [load_sample(i, keep_native=True) for i in items if i["split"] == "val"]
+    norm = make_load_normalizer(cfg.normalize, cfg.data, cfg.norm_reference)
+    if norm is not None:
+        log(f"stain normalisation: {norm.method} to {norm.reference_path} (every image, once, at {NUCLEI_MPP} um/px)")
+    train_s = [normalize_sample(load_sample(i), norm) for i in items if i["split"] == "train"]
+    val_s = [normalize_sample(load_sample(i, keep_native=True), norm) for i in items if i["split"] == "val"]
     val_inst = [s for s in val_s if s.instances]
     log(f"train: {len(train_s)} images; validation: {len(val_s)} images ({len(val_inst)} with instance labels)")
     weights = np.array([s.labels.size for s in train_s], float)
@@ -401,6 +461,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "patch": cfg.patch,
             "batch": cfg.batch,
             "command": cfg.command,
+            "stain_normalization": None if norm is None else {"method": norm.method, "reference": norm.reference_path},
         },
     )
     card = model_card(spec, metrics, baseline, history)
