@@ -1,6 +1,13 @@
 """Nucleus segmentation: validation metrics (with and without stain normalisation) and throughput.
 
     .venv/bin/python benchmarks/bench_nuclei.py [--data ../shared/data/nuclei] [--threads 1] [--out bench_nuclei.json]
+    .venv/bin/python benchmarks/bench_nuclei.py --norm-model benchmarks/data/nuclei_norm_macenko --skip-throughput
+
+``--norm-model DIR``: also evaluate a U-Net trained on stain-normalised images
+(``napari-mitosis train nuclei --normalize macenko ...``, its nuclei-unet.{pt,json} in DIR) on the
+validation split normalised the same way (method and reference read from its nuclei-unet.json), and
+print the paper-style table (section 4.1.1): un-normalised / normalised at test time only /
+trained and tested on normalised images.
 
 Validation: the by-image split of ``models.train_nuclei.VALIDATION``; predictions at 0.5 um/px are
 resampled (nearest) to each image's own size and scored against its labels (pixel sensitivity,
@@ -20,26 +27,86 @@ import json
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def validation(data, normaliser=None):
-    from napari_mitosis.models.registry import load_model
-    from napari_mitosis.models.train_nuclei import evaluate_log, evaluate_unet, list_images, load_sample
+def validation(data, normaliser=None, folder=None, log=True):
+    """Validation metrics; ``normaliser`` is applied to every image at 0.5 um/px (as the trainer does)."""
+    from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
+    from napari_mitosis.models.train_nuclei import (
+        evaluate_log,
+        evaluate_unet,
+        list_images,
+        load_sample,
+        normalize_sample,
+    )
 
     items = [i for i in list_images(data) if i["split"] == "val"]
-    samples = [load_sample(i, keep_native=True) for i in items]
-    if normaliser is not None:
-        for s in samples:
-            s.rgb = normaliser.transform(s.rgb)
-    net, spec = load_model("nuclei-unet", device="cpu")
+    samples = [normalize_sample(load_sample(i, keep_native=True), normaliser) for i in items]
+    net, spec = load_model("nuclei-unet", device="cpu", folder=folder or WEIGHTS_DIR)
     params = {k: v for k, v in spec.thresholds.items()}
-    return {
-        "unet": evaluate_unet(net, samples, params, native=True),
-        "log": evaluate_log(samples, native=True),
-    }
+    out = {"unet": evaluate_unet(net, samples, params, native=True)}
+    if log:
+        out["log"] = evaluate_log(samples, native=True)
+    return out
+
+
+def checkpoint_validation(data, normaliser, checkpoint, folder):
+    """A training checkpoint (checkpoint.pt of a run) with the thresholds of the model in ``folder``."""
+    import torch
+
+    from napari_mitosis.models.registry import read_spec
+    from napari_mitosis.models.train_nuclei import (
+        evaluate_unet,
+        list_images,
+        load_sample,
+        normalize_sample,
+    )
+
+    spec = read_spec("nuclei-unet", folder)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net = spec.build()
+    net.load_state_dict(state["net"])
+    net.eval()
+    items = [i for i in list_images(data) if i["split"] == "val"]
+    samples = [normalize_sample(load_sample(i, keep_native=True), normaliser) for i in items]
+    return int(state["step"]), evaluate_unet(net, samples, dict(spec.thresholds), native=True)
+
+
+def normalised_model_table(data, folder, baseline=None, checkpoint=None):
+    """Section 4.1.1: shipped model (un-normalised, test-time-normalised) vs a model trained on normalised images."""
+    from napari_mitosis.models.registry import read_spec
+    from napari_mitosis.models.train_nuclei import make_load_normalizer
+
+    spec = read_spec("nuclei-unet", folder)
+    sn = (spec.training or {}).get("stain_normalization")
+    if not sn:
+        raise SystemExit(f"{folder}/nuclei-unet.json: not trained with --normalize")
+    norm = make_load_normalizer(sn["method"], data, sn["reference"])
+    rows = {}
+    rows["un-normalised (shipped nuclei-unet)"] = (baseline or validation(data, log=False))["unet"]
+    rows[f"{sn['method']} at test time only (shipped nuclei-unet)"] = validation(data, norm, log=False)["unet"]
+    rows[f"{sn['method']}, trained and tested ({Path(folder).name}, {spec.training.get('steps')} steps)"] = validation(
+        data, norm, folder, log=False)["unet"]
+    if checkpoint:
+        step, m = checkpoint_validation(data, norm, checkpoint, folder)
+        rows[f"{sn['method']}, trained and tested, checkpoint at step {step}"] = m
+    return {"method": sn["method"], "reference": sn["reference"], "steps": spec.training.get("steps"),
+            "minutes": spec.training.get("minutes"), "rows": rows}
+
+
+def markdown_table(table) -> str:
+    keys = ("sensitivity", "specificity", "dice", "jaccard", "aji", "pq")
+    lines = ["| model | sensitivity | specificity | Dice | Jaccard | AJI | PQ |", "|---|---|---|---|---|---|---|"]
+    for name, m in table["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
+    lines += ["", "By source (Dice / AJI / PQ):", "", "| model | " + " | ".join(
+        next(iter(table["rows"].values()))["per_source"]) + " |", "|---" * 4 + "|"]
+    for name, m in table["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{v['dice']:.3f} / {v['aji']:.3f} / {v['pq']:.3f}" for v in m["per_source"].values()) + " |")
+    return "\n".join(lines)
 
 
 def throughput(slide_path, roi, method, mpp=None, repeat=3):
@@ -57,7 +124,7 @@ def throughput(slide_path, roi, method, mpp=None, repeat=3):
         dt = min(times)
     mp = roi[2] * roi[3] / 1e6
     return {"region_px": [roi[2], roi[3]], "seconds": round(dt, 2), "mp_per_s": round(mp / dt, 3),
-            "nuclei": int(len(table))}
+            "nuclei": len(table)}
 
 
 def main():
@@ -68,10 +135,17 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="bench_nuclei.json")
     p.add_argument("--skip-validation", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--norm-model", help="folder of a nuclei-unet trained with --normalize (section 4.1.1 table)")
+    p.add_argument("--norm-checkpoint", help="also a checkpoint.pt of that run (e.g. one saved at the shipped model's step count)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     result = {"threads": args.threads}
-    if not args.skip_validation:
+    if args.norm_model:
+        table = normalised_model_table(args.data, args.norm_model, checkpoint=args.norm_checkpoint)
+        result["trained_normalised"] = table
+        print(markdown_table(table))
+    elif not args.skip_validation:
         from skimage.io import imread
 
         from napari_mitosis.core.stain_norm import MacenkoNormalizer
@@ -79,11 +153,12 @@ def main():
         result["validation"] = validation(args.data)
         target = imread(SHARED / "stain" / "tiatoolbox_target.png")[..., :3]
         result["validation_macenko"] = validation(args.data, MacenkoNormalizer().fit(target))
-    cmu = SHARED / "slides" / "CMU-1-Small-Region.svs"
-    bench = {}
-    for method in ("log", "unet"):
-        bench[f"cmu1_{method}"] = throughput(cmu, (100, 400, 2048, 2048), method)
-    result["throughput_cpu"] = bench
+    if not args.skip_throughput:
+        cmu = SHARED / "slides" / "CMU-1-Small-Region.svs"
+        bench = {}
+        for method in ("log", "unet"):
+            bench[f"cmu1_{method}"] = throughput(cmu, (100, 400, 2048, 2048), method)
+        result["throughput_cpu"] = bench
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

@@ -114,3 +114,41 @@ def test_shipped_model_on_a_real_validation_image(shipped):
     labels = probabilities_to_instances(predict_probabilities(net, small), mpp=spec.mpp, **spec.thresholds)
     assert pixel_metrics(labels, truth)["dice"] > 0.7
     assert aggregated_jaccard_index(truth, labels) > 0.45
+
+
+def test_training_option_normalises_images_toward_the_reference(tmp_path):
+    """--normalize macenko: every loaded image is stain-normalised once, its tissue colour moves to the reference's."""
+    from skimage.io import imsave
+
+    from napari_mitosis.models.train_nuclei import (
+        TrainConfig,
+        list_images,
+        load_sample,
+        make_load_normalizer,
+        normalize_sample,
+        train,
+    )
+
+    _tiny_data(tmp_path / "data")
+    style = {"hematoxylin": (0.5, 0.8, 0.3), "stain_strength": 1.3}
+    ref, _ = SyntheticHE(shape=(256, 256), mpp=0.5, seed=7, tissue="full", **style).render(0, 0, 256, 256)
+    # the training image "01" (seed 0) as it would look stained like the reference
+    same_tissue_ref_style, _ = SyntheticHE(shape=(96, 96), mpp=0.5, seed=0, tissue="full", **style).render(0, 0, 96, 96)
+    imsave(tmp_path / "ref.png", ref, check_contrast=False)
+    norm = make_load_normalizer("macenko", tmp_path / "data", tmp_path / "ref.png")
+    assert make_load_normalizer("none", tmp_path / "data") is None
+
+    item = list_images(tmp_path / "data")[0]
+    raw = load_sample(item).rgb
+    normed = normalize_sample(load_sample(item), norm).rgb
+    assert normed.shape == raw.shape and not np.array_equal(normed, raw)
+    target = same_tissue_ref_style.astype(float)
+    d_before = np.abs(raw.astype(float) - target).mean()
+    d_after = np.abs(normed.astype(float) - target).mean()
+    assert d_after < 0.6 * d_before, (d_before, d_after)
+
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), minutes=1, patch=32, batch=2, base=4,
+                      max_steps=1, val_every=1, command="test", normalize="macenko", norm_reference=str(tmp_path / "ref.png"))
+    train(cfg, log=lambda m: None)
+    spec = json.loads((tmp_path / "run" / "nuclei-unet.json").read_text())
+    assert spec["training"]["stain_normalization"]["method"] == "macenko"

@@ -14,7 +14,6 @@ from pathlib import Path
 from . import train
 from ._common import progress_bar
 
-
 #: Largest label image written as PNG (pixels); TIFF is written tile by tile, any size.
 PNG_LIMIT = 100_000_000
 TIFF_TILE = 256
@@ -79,7 +78,7 @@ def cmd_segment(args) -> int:
         finally:
             bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = int(len(table))
+    n = len(table)
     h, w = table.attrs["shape"]
     if out.suffix.lower() == ".png":
         if h * w > PNG_LIMIT:

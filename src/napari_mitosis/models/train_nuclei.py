@@ -461,6 +461,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "patch": cfg.patch,
             "batch": cfg.batch,
             "command": cfg.command,
+            "threads": cfg.threads,
             "stain_normalization": None if norm is None else {"method": norm.method, "reference": norm.reference_path},
         },
     )
@@ -475,6 +476,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def _short(m: dict) -> dict:
     return {k: round(float(v), 4) for k, v in m.items() if k in ("sensitivity", "specificity", "dice", "jaccard", "aji", "pq", "dq", "sq")}
+
+
+def _norm_line(t: dict) -> str:
+    sn = t.get("stain_normalization")
+    if not sn:
+        return ""
+    return (f"\n- **Stain normalisation**: every training and validation image {sn['method']}-normalised once at "
+            f"load time to `{sn['reference']}`; apply the same normalisation to images before segmenting them.")
+
+
+def _threads(t: dict) -> str:
+    n = int(t.get("threads", 1))
+    return "one" if n == 1 else str(n)
 
 
 def model_card(spec, metrics, baseline, history) -> str:
@@ -497,9 +511,9 @@ marker-controlled watershed (`core.nuclei.probabilities_to_instances`).
 - **Data**: {t['data']} ({t['train_images']} training images; every image rescaled by its pixel size
   to {spec.mpp} um/px). Research use only (MoNuSeg CC BY-NC-SA 4.0).
 - **Validation split, by image** (never trained on): {val}.
-- **Augmentation**: rotation (any angle), scale 0.8-1.25, flips, H&E stain jitter, brightness.
-- **Training**: {t['steps']} steps of {t['batch']} patches {t['patch']}x{t['patch']}, {t['minutes']} min on one CPU
-  thread (shared with other jobs); Adam 1e-3 cosine; cross-entropy (boundary x2) + foreground soft Dice. Best checkpoint by
+- **Augmentation**: rotation (any angle), scale 0.8-1.25, flips, H&E stain jitter, brightness.{_norm_line(t)}
+- **Training**: {t['steps']} steps of {t['batch']} patches {t['patch']}x{t['patch']}, {t['minutes']} min on {_threads(t)} CPU
+  thread(s); Adam 1e-3 cosine; cross-entropy (boundary x2) + foreground soft Dice. Best checkpoint by
   validation AJI.
 - **Post-processing thresholds** (chosen on training images by AJI): {spec.thresholds}.
 - **Command**: `{t['command']}`
