@@ -58,6 +58,14 @@ def test_demo_makes_its_synthetic_slide(tmp_path):
     counts = pd.read_csv(out / "counts.csv")
     assert counts.loc[0, "tissue_area_mm2"] == pytest.approx(summary["tissue_area_mm2"])
     assert imread(out / "overview.png").shape[2] == 3
+    # the demo also segments and classifies the nuclei of a field in the tissue
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    scores = pd.read_csv(out / "scores.csv")
+    x, y, w, h = summary["field_xywh"]
+    assert (w, h) == (1024, 1024)
+    in_field = truth[truth.x.between(x, x + w) & truth.y.between(y, y + h)]
+    assert 0.7 * len(in_field) < len(nuclei) < 1.3 * len(in_field)  # about one nucleus per true cell
+    assert len(scores) == len(nuclei) and {"p_mitotic_figure", "class"} <= set(scores.columns)
 
 
 @pytest.mark.gui

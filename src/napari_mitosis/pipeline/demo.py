@@ -31,12 +31,14 @@ def synthetic_slide_path(
     return path, synth
 
 
-def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None) -> Task:
-    """What the demo runs on a slide: open it, detect tissue, write results.
+def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region: int = 1024) -> Task:
+    """What the demo runs on a slide: open it, detect tissue, segment and classify the
+    nuclei of a ``region`` x ``region`` px field in the middle of the tissue, write results.
 
     Writes into ``out_dir``: ``slide_info.json``, ``tissue_mask.png``,
     ``overview.png`` (tissue outlined in green, ground-truth mitoses in red
-    and granulocytes in orange when known), ``counts.csv`` (tissue area) and,
+    and granulocytes in orange when known), ``nuclei.csv`` (the field's
+    nuclei), ``scores.csv`` (their class probabilities), ``counts.csv`` and,
     for a synthetic slide, ``ground_truth.csv``.
 
     Returns
@@ -66,6 +68,17 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None) -> Task
             cells.to_csv(out / "ground_truth.csv", index=False)
             overview = draw_points(overview, cells, slide.shape[1] / thumb.shape[1])
         imsave(out / "overview.png", overview, check_contrast=False)
+        field = tissue_field(slide, tissue, region)
+        nuclei, scores = None, None
+        if slide.mpp is not None:
+            from .classify import classify_points_task
+            from .nuclei import segment_task
+
+            _, nuclei = yield from as_step(segment_task(slide, roi=field), 2, 2)
+            nuclei.to_csv(out / "nuclei.csv", index=False)
+            if len(nuclei):
+                scores = yield from as_step(classify_points_task(slide, nuclei[["id", "x", "y"]]), 2, 2)
+                scores.to_csv(out / "scores.csv", index=False)
         summary = {
             "slide": str(slide_path),
             "format": slide.format,
@@ -76,15 +89,40 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None) -> Task
             "tissue_area_mm2": None if tissue.area_mm2 is None else round(tissue.area_mm2, 3),
             "tissue_fraction": round(tissue.fraction, 4),
         }
+        summary["field_xywh"] = list(field)
+        if nuclei is not None:
+            summary["field_nuclei"] = len(nuclei)
+        if scores is not None:
+            counts = scores["class"].value_counts()
+            summary["field_predicted_mitotic_figures"] = int(counts.get("mitotic_figure", 0))
+            summary["field_predicted_granulocytes"] = int(counts.get("granulocyte", 0))
         if cells is not None:
             summary["truth_mitotic_figures"] = int((cells["class"] == "mitotic_figure").sum())
             summary["truth_granulocytes"] = int((cells["class"] == "granulocyte").sum())
+            x, y, w, h = field
+            inside = cells[cells.x.between(x, x + w) & cells.y.between(y, y + h)]
+            summary["field_truth_mitotic_figures"] = int((inside["class"] == "mitotic_figure").sum())
+            summary["field_truth_granulocytes"] = int((inside["class"] == "granulocyte").sum())
         import pandas as pd
 
         pd.DataFrame([summary]).to_csv(out / "counts.csv", index=False)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     yield Progress(3, 3, "done")
     return summary
+
+
+def tissue_field(slide, tissue, size: int) -> tuple[int, int, int, int]:
+    """A ``size`` x ``size`` level-0 field centred on the tissue's centre of mass."""
+    h, w = slide.shape
+    ys, xs = np.nonzero(tissue.mask)
+    if len(ys):
+        cy, cx = (ys.mean() + 0.5) * tissue.downsample, (xs.mean() + 0.5) * tissue.downsample
+    else:
+        cy, cx = h / 2, w / 2
+    fw, fh = min(size, w), min(size, h)
+    x0 = int(np.clip(cx - fw / 2, 0, w - fw))
+    y0 = int(np.clip(cy - fh / 2, 0, h - fh))
+    return x0, y0, fw, fh
 
 
 def draw_overview(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
