@@ -118,12 +118,7 @@ def main(argv=None):
     for group, name, rgb, mpp in sources(data, args.per_set):
         for label, norm in methods.items():
             t0 = time.perf_counter()
-            if norm is None:
-                out = rgb
-            elif norm.method == "neural":
-                out = norm.transform(rgb, mpp=mpp)
-            else:
-                out = norm.transform(rgb)
+            out = rgb if norm is None else norm.transform(rgb, mpp=mpp)
             dt = time.perf_counter() - t0
             rows.append(
                 {

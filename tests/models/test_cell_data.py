@@ -10,7 +10,6 @@ from napari_mitosis.models.cell_data import (
     CellDataError,
     CellSampler,
     group_folds,
-    hed_jitter,
     midog_scanner,
     read_cells,
     read_export,
@@ -67,9 +66,11 @@ def test_render_mirrors_outside_the_allowed_box():
 def test_hed_jitter_keeps_the_image_when_off_and_changes_it_when_on():
     rng = np.random.default_rng(0)
     img = np.random.default_rng(1).integers(30, 240, (32, 32, 3)).astype(np.float32)
-    same = hed_jitter(img, rng, sigma=0.0, bias=0.0)
+    from napari_mitosis.core.stain import hed_jitter
+
+    same = hed_jitter(img, rng, scale=0.0, shift=0.0)
     np.testing.assert_allclose(same, img, atol=1.0)
-    changed = hed_jitter(img, rng, sigma=0.3, bias=0.05)
+    changed = hed_jitter(img, rng, scale=0.3, shift=0.05)
     assert np.abs(changed - img).mean() > 2
 
 

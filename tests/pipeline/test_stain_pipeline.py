@@ -55,3 +55,15 @@ def test_neural_tiles_batch_and_stitch_without_seams(synthetic_slide_file):
     assert np.abs(tiled.astype(int) - unbatched).max() <= 1  # batching changes nothing
     diff = np.abs(tiled.astype(int) - one_tile)
     assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 6  # the 32 px halo hides the seams
+
+
+def test_fit_slide_task_with_a_region_of_the_slide_and_without_reference(synthetic_slide_file):
+    from napari_mitosis.pipeline.stain import fit_slide_task
+
+    with open_slide(synthetic_slide_file) as slide:
+        norm, levels = run(fit_slide_task(slide, "reinhard", (600, 300, 400, 400)))
+        assert norm.fitted and len(levels) == slide.level_count
+        # normalising to a region of the slide itself leaves that region nearly unchanged
+        assert np.abs(levels[0][300:700, 600:1000].compute().astype(int) - slide.read_region(0, 600, 300, 400, 400)).mean() < 4
+        with pytest.raises(StainNormError, match="needs a reference"):
+            run(fit_slide_task(slide, "macenko", None))

@@ -21,3 +21,14 @@ def progress_bar(desc: str):
 
     update.close = bar.close
     return update
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """``x,y,w,h`` (level-0 pixels) from the command line, or a clear ``ValueError``."""
+    try:
+        x, y, w, h = (int(round(float(v))) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--roi must be x,y,w,h in level-0 pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"--roi width and height must be positive, got {text!r}")
+    return x, y, w, h

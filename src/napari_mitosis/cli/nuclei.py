@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import train
-from ._common import progress_bar
+from ._common import parse_roi, progress_bar
 
 #: Largest label image written as PNG (pixels); TIFF is written tile by tile, any size.
 PNG_LIMIT = 100_000_000
@@ -38,16 +38,6 @@ def _level0_tiles(labels, attrs, dtype):
             yield t
 
 
-def _roi(text: str):
-    try:
-        parts = [int(round(float(v))) for v in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
-        raise ValueError(f"--roi must be x,y,w,h in level-0 pixels with positive w and h, got {text!r}")
-    return tuple(parts)
-
-
 def cmd_segment(args) -> int:
     import numpy as np
 
@@ -59,7 +49,7 @@ def cmd_segment(args) -> int:
     if out.suffix.lower() not in (".tif", ".tiff", ".png"):
         raise ValueError(f"--out must end in .tif, .tiff or .png (a label image), got {out.name!r}")
     with open_slide(args.image, mpp=args.mpp) as slide:
-        roi = _roi(args.roi) if args.roi else None
+        roi = parse_roi(args.roi) if args.roi else None
         tissue = None
         if args.tissue_only:
             from ..pipeline import tissue_task

@@ -62,14 +62,15 @@ def cmd_synth(args) -> int:
 
 def cmd_demo(args) -> int:
     from ..pipeline import run
-    from ..pipeline.demo import demo_task, synthetic_slide_path
+    from ..pipeline.demo import DEMO_SHAPE, demo_task, synthetic_slide_path
 
     out = Path(args.out)
     truth = None
     if args.slide is None:
         bar = progress_bar("making a synthetic slide")
         try:
-            slide_path, truth = synthetic_slide_path(out, shape=tuple(args.size), seed=args.seed, progress=bar)
+            shape = tuple(args.size) if args.size else DEMO_SHAPE
+            slide_path, truth = synthetic_slide_path(out, shape=shape, seed=args.seed, progress=bar)
         finally:
             bar.close()
         print(f"synthetic slide: {slide_path}")
@@ -110,7 +111,7 @@ def register(sub) -> None:
     d.add_argument("slide", nargs="?", help="a slide to use instead of the synthetic one")
     d.add_argument("--out", default="results", help="output folder (default: results)")
     d.add_argument("--mpp", type=float, help="pixel size override, um/px")
-    d.add_argument("--size", type=int, nargs=2, default=[4096, 6144], metavar=("ROWS", "COLS"))
+    d.add_argument("--size", type=int, nargs=2, metavar=("ROWS", "COLS"), help="synthetic slide size (default 4096 6144)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--gui", action="store_true", help="then open napari with the slide and the widget")
     d.set_defaults(func=cmd_demo)

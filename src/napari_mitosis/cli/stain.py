@@ -11,20 +11,10 @@ import json
 from pathlib import Path
 
 from . import train
-from ._common import progress_bar
+from ._common import parse_roi, progress_bar
 
 #: A whole level larger than this needs --roi or a coarser --level.
 MAX_OUTPUT_PIXELS = 200_000_000
-
-
-def parse_roi(text: str) -> tuple[int, int, int, int]:
-    try:
-        x, y, w, h = (int(float(v)) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--roi must be x,y,w,h in level-0 pixels, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise ValueError(f"--roi width and height must be positive, got {text!r}")
-    return x, y, w, h
 
 
 def cmd_normalize(args) -> int:
@@ -41,8 +31,7 @@ def cmd_normalize(args) -> int:
     else:
         norm = make_normalizer(args.method, device=args.device)
         if args.target:
-            ref, ref_mpp = read_reference(args.target)
-            norm.fit(ref, mpp=ref_mpp) if norm.method == "neural" else norm.fit(ref)
+            norm.fit(*read_reference(args.target))
         elif norm.method != "neural":
             raise ValueError(f"--method {norm.method} needs --target REF (an image of the style to match)")
     if args.save:

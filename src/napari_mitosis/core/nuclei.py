@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .stain import BACKGROUND, EOSIN, HEMATOXYLIN, rgb_to_od, unit
+from .stain import BACKGROUND, EOSIN, HEMATOXYLIN, as_rgb, rgb_to_od, unit
 
 #: Default working pixel size of nucleus segmentation (um/px).
 NUCLEI_MPP = 0.5
@@ -53,19 +53,7 @@ def check_rgb(rgb, name: str = "image") -> np.ndarray:
     >>> check_rgb(np.zeros((2, 3), np.uint8)).shape
     (2, 3, 3)
     """
-    a = np.asarray(rgb)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"{name} must be an RGB image (rows, columns, 3), got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        if np.issubdtype(a.dtype, np.floating) and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return a
+    return as_rgb(rgb, name, allow_grey=True)
 
 
 def hematoxylin_od(rgb, background: float = BACKGROUND) -> np.ndarray:

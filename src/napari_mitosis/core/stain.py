@@ -18,6 +18,57 @@ EOSIN = np.array([0.072, 0.990, 0.105])
 BACKGROUND = 245.0
 
 
+def as_rgb(image, name: str = "image", allow_grey: bool = False) -> np.ndarray:
+    """Return ``image`` as an ``(H, W, 3)`` uint8 RGB array or raise a clear ``ValueError``.
+
+    An alpha channel is dropped; floats in [0, 1] are scaled to [0, 255];
+    greyscale is refused (H&E is colour) unless ``allow_grey`` repeats it.
+
+    Examples
+    --------
+    >>> as_rgb(np.zeros((2, 3, 4), np.uint8)).shape
+    (2, 3, 3)
+    >>> as_rgb(np.ones((2, 2, 3)))[0, 0].tolist()
+    [255, 255, 255]
+    """
+    a = np.asarray(image)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 2)):
+        if not allow_grey:
+            raise ValueError(f"{name}: is greyscale ({a.shape}); H&E analysis needs an RGB image")
+        a = np.repeat(a.reshape(a.shape[:2] + (-1,))[..., :1], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"{name} must be an RGB image (rows, columns, 3), got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if np.issubdtype(a.dtype, np.floating) and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return a
+
+
+def hed_jitter(rgb, rng: np.random.Generator, scale: float = 0.25, shift: float = 0.05) -> np.ndarray:
+    """Random stain variation (Tellez et al. 2018): hematoxylin and eosin optical
+    densities each scaled by ``1 +- scale`` and shifted by ``+- shift`` on stained pixels.
+
+    Returns float32 RGB in [0, 255]; with ``scale = shift = 0`` the image is unchanged.
+
+    Examples
+    --------
+    >>> img = np.full((4, 4, 3), 128, np.uint8)
+    >>> bool(np.allclose(hed_jitter(img, np.random.default_rng(0), 0, 0), img, atol=0.5))
+    True
+    """
+    od = -np.log((np.asarray(rgb, np.float32) + 1.0) / 256.0)
+    conc = od @ _MINV
+    a = rng.uniform(1 - scale, 1 + scale, 3).astype(np.float32)
+    b = rng.uniform(-shift, shift, 3).astype(np.float32)
+    a[2], b[2] = 1.0, 0.0  # the residual channel is not a stain
+    conc = conc * a + b * (conc.sum(axis=-1, keepdims=True) > 0.05)
+    return np.clip(256.0 * np.exp(-(conc @ _M)) - 1.0, 0, 255).astype(np.float32)
+
+
 def unit(vector) -> np.ndarray:
     """Return ``vector`` scaled to unit Euclidean length.
 
@@ -31,6 +82,13 @@ def unit(vector) -> np.ndarray:
     if not np.isfinite(n) or n == 0:
         raise ValueError(f"stain vector {vector!r} has no length")
     return v / n
+
+
+#: Hematoxylin, eosin and their cross product (rows): the stain unmixing basis.
+_M = np.stack([HEMATOXYLIN / np.linalg.norm(HEMATOXYLIN), EOSIN / np.linalg.norm(EOSIN), np.cross(HEMATOXYLIN, EOSIN)])
+_M[2] /= np.linalg.norm(_M[2])
+_M = _M.astype(np.float32)
+_MINV = np.linalg.inv(_M).astype(np.float32)
 
 
 def rgb_to_od(rgb, background: float = BACKGROUND) -> np.ndarray:

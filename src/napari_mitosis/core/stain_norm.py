@@ -2,11 +2,12 @@
 
 All normalisers share one interface:
 
-- ``fit(reference)`` learns the target style from an RGB image (or region),
-- ``transform(image, source=None)`` recolours an RGB image in that style;
+- ``fit(reference, mpp=None)`` learns the target style from an RGB image (or region),
+- ``transform(image, source=None, mpp=None)`` recolours an RGB image in that style;
   ``source`` are the image's own statistics from :meth:`source_stats`,
   computed once on a whole-slide overview so that every tile of a slide is
-  transformed the same way (no seams),
+  transformed the same way (no seams); ``mpp``, the pixel size, is used
+  only by resolution-dependent methods (the neural one),
 - ``to_dict()`` / :func:`normalizer_from_dict` (and :func:`save_normalizer` /
   :func:`load_normalizer`) serialise a fitted normaliser.
 
@@ -95,6 +96,8 @@ class StainNormalizer:
     """Base class: see the module docstring for the interface."""
 
     method = "base"
+    #: context (pixels) a tile needs around it; 0 for per-pixel methods
+    halo = 0
 
     def __init__(self):
         self.target = None
@@ -103,16 +106,19 @@ class StainNormalizer:
     def fitted(self) -> bool:
         return self.target is not None
 
-    def fit(self, reference):
-        """Learn the target style from an RGB reference image; returns self."""
+    def fit(self, reference, mpp: float | None = None):
+        """Learn the target style from an RGB reference image; returns self.
+
+        ``mpp`` is unused here: colour statistics do not depend on resolution.
+        """
         reference = check_rgb(reference, "reference")
         self.target = self.source_stats(reference, what="reference")
         return self
 
-    def source_stats(self, image, what: str = "image") -> dict:  # pragma: no cover - abstract
+    def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:  # pragma: no cover
         raise NotImplementedError
 
-    def transform(self, image, source: dict | None = None) -> np.ndarray:
+    def transform(self, image, source: dict | None = None, mpp: float | None = None) -> np.ndarray:
         """Recolour ``image`` in the fitted style.
 
         Parameters
@@ -155,7 +161,7 @@ class ReinhardNormalizer(StainNormalizer):
 
     method = "reinhard"
 
-    def source_stats(self, image, what: str = "image") -> dict:
+    def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:
         mask = _tissue_pixels(image, what)
         lab = color.rgb2lab(image)[mask]
         return {"mean": lab.mean(axis=0), "std": lab.std(axis=0) + 1e-6}
@@ -192,7 +198,7 @@ class MacenkoNormalizer(StainNormalizer):
         super().__init__()
         self.alpha = alpha
 
-    def source_stats(self, image, what: str = "image") -> dict:
+    def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:
         mask = _tissue_pixels(image, what)
         od = rgb_to_od(image, background=BACKGROUND)[mask].astype(np.float64)
         od = od[(od > OD_GLASS / 3).all(axis=1)]

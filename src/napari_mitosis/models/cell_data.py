@@ -40,6 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..core.nuclei import hematoxylin_od
+from ..core.stain import as_rgb as _as_rgb
+from ..core.stain import hed_jitter
 from .gstn import INPUT_SIZE, WORK_MPP
 
 CLASSES = ("mitotic_figure", "granulocyte", "other")
@@ -83,25 +86,13 @@ def read_rgb(path) -> np.ndarray:
 
 def as_rgb(img: np.ndarray, name="image") -> np.ndarray:
     """Check an array is RGB(A) and return it as RGB uint8 (clear error otherwise)."""
-    img = np.asarray(img)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise CellDataError(f"{name}: expected an RGB image (rows, cols, 3), got shape {img.shape}; H&E must be colour")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        if np.issubdtype(img.dtype, np.floating) and img.size and img.max() <= 1.0:
-            img = img * 255.0
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return img
+    try:
+        return _as_rgb(img, str(name))
+    except ValueError as exc:
+        raise CellDataError(str(exc)) from None
 
 
 # ---------------------------------------------------------- nucleus centres
-def hematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """Hematoxylin optical density (colour deconvolution, Ruifrok & Johnston)."""
-    from skimage.color import rgb2hed
-
-    return rgb2hed(rgb)[..., 0]
-
-
 def find_nuclei(rgb: np.ndarray, mpp: float, min_distance_um: float = 4.0) -> np.ndarray:
     """Approximate nucleus centres (N, 2) as (x, y): smoothed hematoxylin maxima above Otsu's level.
 
@@ -110,7 +101,7 @@ def find_nuclei(rgb: np.ndarray, mpp: float, min_distance_um: float = 4.0) -> np
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
 
-    h = ndi.gaussian_filter(hematoxylin(rgb).astype(np.float32), 1.5 / mpp)
+    h = ndi.gaussian_filter(hematoxylin_od(rgb).astype(np.float32), 1.5 / mpp)
     if h.max() - h.min() < 1e-6:
         return np.zeros((0, 2))
     level = threshold_otsu(h)
@@ -422,21 +413,6 @@ def group_folds(table: pd.DataFrame, k: int = 5, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------ augmentation
-#: Ruifrok-Johnston H, E, DAB optical-density vectors (rows), as in skimage.color.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
-
-
-def hed_jitter(rgb: np.ndarray, rng, sigma: float = 0.15, bias: float = 0.03) -> np.ndarray:
-    """Stain augmentation in HED space (Tellez et al. 2018): each stain scaled by 1 +- sigma and shifted."""
-    od = -np.log(np.clip(rgb.astype(np.float32), 1, 255) / 255.0)
-    hed = od @ _HED_FROM_RGB.astype(np.float32)
-    a = 1 + rng.uniform(-sigma, sigma, 3).astype(np.float32)
-    b = rng.uniform(-bias, bias, 3).astype(np.float32)
-    od = (hed * a + b) @ _RGB_FROM_HED.astype(np.float32)
-    return np.clip(255.0 * np.exp(-od), 0, 255)
-
-
 @dataclass
 class Augment:
     """Augmentation settings (all on by default for training)."""
@@ -584,7 +560,7 @@ class CellSampler:
             flip = bool(aug.flip and rng.random() < 0.5)
             a = render_input(img, r.x, r.y, r.mpp, delta=d, angle=angle, zoom=zoom, flip=flip, box=box)
             if aug.stain:
-                a = hed_jitter(a, rng, aug.stain)
+                a = hed_jitter(a, rng, aug.stain, 0.03)
             if aug.blur and rng.random() < aug.blur:
                 a = ndi.gaussian_filter(a, (rng.uniform(0.3, 1.2),) * 2 + (0,))
             if aug.brightness:
@@ -611,5 +587,5 @@ def save_json(path, obj) -> None:
 
 __all__ = [
     "CLASSES", "Augment", "CellDataError", "CellSampler", "group_folds", "read_cells", "read_export",
-    "read_shared", "render_input", "write_export", "find_nuclei", "hed_jitter",
+    "read_shared", "render_input", "write_export", "find_nuclei",
 ]

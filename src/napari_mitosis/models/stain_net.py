@@ -139,6 +139,7 @@ class NeuralStainNormalizer(StainNormalizer):
     """
 
     method = "neural"
+    halo = 32  # pixels of context around each tile, so tiles stitch without seams
 
     def __init__(
         self,

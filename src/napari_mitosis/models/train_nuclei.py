@@ -38,7 +38,7 @@ from ..core.nuclei import (
     probabilities_to_instances,
     segmentation_metrics,
 )
-from ..core.stain import EOSIN, HEMATOXYLIN, unit
+from ..core.stain import hed_jitter
 
 #: Model registry name.
 MODEL_NAME = "nuclei-unet"
@@ -184,38 +184,21 @@ def make_load_normalizer(method: str, data_dir, reference=None, device: str = "c
         rgb = (resize(rgb, out, anti_aliasing=f < 1, preserve_range=True) + 0.5).astype(np.uint8)
     norm = make_normalizer(method, device=device)
     norm.reference_path = str(ref)
-    if method == "neural":
-        norm.fit(rgb, mpp=NUCLEI_MPP)
-    else:
-        norm.fit(rgb)
+    norm.fit(rgb, mpp=NUCLEI_MPP)
     return norm
 
 
 def normalize_sample(sample: Sample, norm) -> Sample:
     """Stain-normalise a loaded sample's RGB (at the working resolution) in place; returns it."""
     if norm is not None:
-        if norm.method == "neural":
-            sample.rgb = norm.transform(sample.rgb, mpp=NUCLEI_MPP)
-        else:
-            sample.rgb = norm.transform(sample.rgb)
+        sample.rgb = norm.transform(sample.rgb, mpp=NUCLEI_MPP)
     return sample
 
 
 # ------------------------------------------------------------ augmentation
-_M = np.stack([unit(HEMATOXYLIN), unit(EOSIN), unit(np.cross(unit(HEMATOXYLIN), unit(EOSIN)))]).astype(np.float32)
-_MINV = np.linalg.inv(_M).astype(np.float32)
-
-
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 0.25, shift: float = 0.05) -> np.ndarray:
-    """Random H&E stain variation: each stain's OD scaled and shifted (HED jitter)."""
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    conc = od @ _MINV
-    a = rng.uniform(1 - scale, 1 + scale, 3).astype(np.float32)
-    b = rng.uniform(-shift, shift, 3).astype(np.float32)
-    a[2], b[2] = 1.0, 0.0
-    conc = conc * a + b * (conc.sum(axis=-1, keepdims=True) > 0.05)
-    out = 256.0 * np.exp(-(conc @ _M)) - 1.0
-    out *= rng.uniform(0.92, 1.08)
+    """Random H&E stain variation (:func:`~napari_mitosis.core.stain.hed_jitter`) and brightness."""
+    out = hed_jitter(rgb, rng, scale, shift) * rng.uniform(0.92, 1.08)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

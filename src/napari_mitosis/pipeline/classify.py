@@ -64,17 +64,12 @@ def _to_input(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def _check_rgb(arr, name) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2)):
-        raise ClassifyError(f"{name}: is greyscale ({arr.shape}); the classifier needs RGB H&E crops")
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ClassifyError(f"{name}: expected an RGB image (rows, cols, 3), got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return arr
+    from ..core.stain import as_rgb
+
+    try:
+        return as_rgb(arr, str(name))
+    except ValueError as exc:
+        raise ClassifyError(f"{exc}; the classifier needs RGB H&E crops") from None
 
 
 def check_crop(arr, mpp: float, name: str = "crop") -> np.ndarray:

@@ -331,6 +331,19 @@ def segment_task(
     return labels, table
 
 
+def segment_region_task(slide, roi=None, all_tissue: bool = False, tissue=None, method: str = "unet", device: str = "auto") -> Task:
+    """Segment a region, or all tissue (detecting it first when ``tissue`` is None).
+
+    Returns ``((labels, table), tissue)``: ``tissue`` is the mask used (or given), for the caller to keep.
+    """
+    if all_tissue and tissue is None:
+        from .tissue import tissue_task
+
+        tissue = yield from tissue_task(slide)
+    result = yield from segment_task(slide, roi=roi, method=method, device=device, tissue=tissue if all_tissue else None)
+    return result, tissue
+
+
 def segment_nuclei(slide, roi=None, **kwargs):
     """:func:`segment_task` without progress: ``(labels, table)``."""
     return run(segment_task(slide, roi=roi, **kwargs))

@@ -14,8 +14,6 @@ import numpy as np
 from ..core.stain_norm import StainNormalizer, StainNormError
 from .progress import Progress, Task
 
-#: Halo around each tile for the neural method (pixels of the level).
-NEURAL_HALO = 32
 #: A reference image is read at the largest pyramid level that fits this.
 REFERENCE_SIDE = 2048
 
@@ -48,10 +46,8 @@ def read_reference(path, mpp=None):
 def slide_source_stats(slide, norm: StainNormalizer, max_size: int = 2048) -> dict:
     """The slide's own statistics, from an overview (shared by all tiles)."""
     overview = slide.thumbnail(max_size)
-    if norm.method == "neural":
-        mpp = None if slide.mpp is None else slide.mpp * slide.shape[1] / overview.shape[1]
-        return norm.source_stats(overview, what=f"slide {slide.path.name}", mpp=mpp)
-    return norm.source_stats(overview, what=f"slide {slide.path.name}")
+    mpp = None if slide.mpp is None else slide.mpp * slide.shape[1] / overview.shape[1]
+    return norm.source_stats(overview, what=f"slide {slide.path.name}", mpp=mpp)
 
 
 def normalized_levels(slide, norm: StainNormalizer, source: dict | None = None) -> list[da.Array]:
@@ -73,25 +69,40 @@ def normalized_levels(slide, norm: StainNormalizer, source: dict | None = None) 
     source = slide_source_stats(slide, norm) if source is None else source
     out = []
     for i, level in enumerate(slide.levels):
-        if norm.method == "neural":
-            mpp = slide.level_mpp(i)
-            depth = {0: NEURAL_HALO, 1: NEURAL_HALO, 2: 0}
-            out.append(
-                level.map_overlap(_neural_block, depth=depth, boundary="reflect", dtype=np.uint8, norm=norm, source=source, mpp=mpp)
-            )
+        kwargs = {"dtype": np.uint8, "norm": norm, "source": source, "mpp": slide.level_mpp(i)}
+        if norm.halo:
+            depth = {0: norm.halo, 1: norm.halo, 2: 0}
+            out.append(level.map_overlap(_normalize_block, depth=depth, boundary="reflect", **kwargs))
         else:
-            out.append(level.map_blocks(_classical_block, dtype=np.uint8, norm=norm, source=source))
+            out.append(level.map_blocks(_normalize_block, **kwargs))
     return out
 
 
-def _classical_block(block, norm, source):
-    return norm.transform(block, source=source)
-
-
-def _neural_block(block, norm, source, mpp):
-    if min(block.shape[:2]) < 16:
+def _normalize_block(block, norm, source, mpp):
+    if norm.halo and min(block.shape[:2]) < 16:  # a sliver at the slide's edge: too small for the network
         return block
     return norm.transform(block, source=source, mpp=mpp)
+
+
+def fit_slide_task(slide, method: str, reference=None, device: str = "auto") -> Task:
+    """Fit a normaliser and prepare the slide's lazily normalised pyramid.
+
+    ``reference``: an image or slide file, a level-0 region ``(x, y, w, h)``
+    of ``slide`` itself, or None (the neural method's shipped style).
+    Returns ``(normaliser, levels)``.
+    """
+    yield Progress(0, 3, f"loading {method}")
+    norm = make_normalizer(method, device=device)
+    yield Progress(1, 3, "fitting the reference")
+    if isinstance(reference, tuple):
+        x, y, w, h = reference
+        norm.fit(slide.read_region(0, x, y, w, h), mpp=slide.mpp)
+    elif reference is not None:
+        norm.fit(*read_reference(reference))
+    elif not norm.fitted:
+        raise StainNormError(f"{method} needs a reference: an image file or a rectangle on the slide")
+    yield Progress(2, 3, "slide statistics")
+    return norm, normalized_levels(slide, norm, slide_source_stats(slide, norm))
 
 
 def normalize_region_task(
@@ -108,12 +119,12 @@ def normalize_region_task(
         raise StainNormError("fit the normaliser on a reference first")
     yield Progress(0, 1, "slide statistics")
     source = slide_source_stats(slide, norm) if source is None else source
-    halo = NEURAL_HALO if norm.method == "neural" else 0
+    halo = norm.halo
     ds = slide.level_downsamples[level]
     out = np.empty((h, w, 3), np.uint8)
     tiles = [(ty, tx) for ty in range(0, h, tile) for tx in range(0, w, tile)]
     th, tw = min(tile, h), min(tile, w)
-    step = batch if norm.method == "neural" else 1
+    step = batch if hasattr(norm, "transform_batch") else 1
     for k in range(0, len(tiles), step):
         group = tiles[k : k + step]
         yield Progress(k, len(tiles), f"normalising tiles {k + 1}-{k + len(group)} of {len(tiles)}")
@@ -121,10 +132,10 @@ def normalize_region_task(
             slide.read_region(level, x + int(round((tx - halo) * ds)), y + int(round((ty - halo) * ds)), tw + 2 * halo, th + 2 * halo)
             for ty, tx in group
         ]
-        if norm.method == "neural":
+        if step > 1:
             done = norm.transform_batch(regions, source=source, mpp=slide.level_mpp(level))
         else:
-            done = [norm.transform(r, source=source) for r in regions]
+            done = [norm.transform(r, source=source, mpp=slide.level_mpp(level)) for r in regions]
         for (ty, tx), d in zip(group, done, strict=True):
             ch, cw = min(th, h - ty), min(tw, w - tx)
             out[ty : ty + ch, tx : tx + cw] = d[halo : halo + ch, halo : halo + cw]

@@ -28,16 +28,6 @@ def slide_layers(viewer) -> list:
     return [ly for ly in viewer.layers if ly._type_string == "image" and "slide" in ly.metadata]
 
 
-def nuclei_task(slide, region_kind: str, roi, method: str, device: str, tissue=None):
-    """Segment nuclei of a region; for all tissue, detect the tissue first (progress throughout)."""
-    from ..pipeline.nuclei import segment_task
-
-    if region_kind == REGION_TISSUE and tissue is None:
-        tissue = yield from tissue_task(slide)
-    result = yield from segment_task(slide, roi=roi, method=method, device=device, tissue=tissue if region_kind == REGION_TISSUE else None)
-    return result, tissue
-
-
 class ReviewWidget(QWidget):
     """Dock widget: slide information and the analysis steps."""
 
@@ -180,15 +170,17 @@ class ReviewWidget(QWidget):
         except ValueError as exc:
             self.status.setText(str(exc))
             return
+        from ..pipeline.nuclei import segment_region_task
+
         self._start(
             self.nuclei_button,
-            nuclei_task,
+            segment_region_task,
             slide,
-            kind,
             roi,
+            kind == REGION_TISSUE,
+            self.tissue,
             self.nuclei_method.currentText(),
             self.device.currentText(),
-            self.tissue,
             on_return=lambda result: self._on_nuclei(result, layer),
             message=f"segmenting nuclei ({kind})...",
         )

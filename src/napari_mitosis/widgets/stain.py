@@ -22,35 +22,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..pipeline import Progress
+from ..pipeline.stain import fit_slide_task
 from .regions import last_rectangle
 from .review import slide_layers
 
 REF_FILE, REF_RECTANGLE, REF_SHIPPED = "image file", "rectangle on the slide", "shipped style (neural)"
-
-
-def stain_task(slide, method: str, reference: str, ref_file: str | None = None, region=None, device: str = "auto"):
-    """Fit a normaliser and compute the slide's source statistics (yields progress)."""
-    from ..pipeline.stain import make_normalizer, normalized_levels, read_reference, slide_source_stats
-
-    yield Progress(0, 3, f"loading {method}")
-    norm = make_normalizer(method, device=device)
-    yield Progress(1, 3, "fitting the reference")
-    if reference == REF_FILE:
-        if not ref_file:
-            raise ValueError("choose a reference image file")
-        ref, ref_mpp = read_reference(ref_file)
-    elif reference == REF_RECTANGLE:
-        x, y, w, h = region
-        ref, ref_mpp = slide.read_region(0, x, y, w, h), slide.mpp
-    else:
-        ref = None
-        if norm.method != "neural":
-            raise ValueError(f"{method} needs a reference: an image file or a rectangle")
-    if ref is not None:
-        norm.fit(ref, mpp=ref_mpp) if norm.method == "neural" else norm.fit(ref)
-    yield Progress(2, 3, "slide statistics")
-    source = slide_source_stats(slide, norm)
-    return norm, normalized_levels(slide, norm, source)
 
 
 class StainWidget(QWidget):
@@ -109,10 +85,13 @@ class StainWidget(QWidget):
             except ValueError as exc:
                 self.status.setText(str(exc))
                 return
+        kind = self.reference.currentText()
+        if kind == REF_FILE and not self.ref_path.text():
+            self.status.setText("choose a reference image file")
+            return
+        reference = {REF_FILE: self.ref_path.text(), REF_RECTANGLE: region, REF_SHIPPED: None}[kind]
         slide = layer.metadata["slide"]
-        worker = create_worker(
-            stain_task, slide, self.method.currentText(), self.reference.currentText(), self.ref_path.text(), region, _start_thread=False
-        )
+        worker = create_worker(fit_slide_task, slide, self.method.currentText(), reference, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result: self._on_done(result, layer))
         worker.errored.connect(lambda exc: self.status.setText(f"failed: {exc}"))
