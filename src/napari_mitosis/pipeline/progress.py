@@ -20,16 +20,22 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of a long task: ``done`` of ``total`` units, and what is going on."""
+    """One step of a long task: ``done`` of ``total`` units, and what is going on.
+
+    ``partial`` optionally carries a piece of the result that is ready now
+    (e.g. the detections of the tile just finished) so a viewer can show
+    results as they stream in; the task's return value is still the whole.
+    """
 
     done: int
     total: int
     message: str = ""
+    partial: object = field(default=None, compare=False, repr=False)
 
     @property
     def fraction(self) -> float:

@@ -17,8 +17,8 @@ def rectangle_region(shapes_layer, slide_layer) -> tuple[int, int, int, int]:
 
 
 def last_rectangle(viewer, slide_layer) -> tuple[int, int, int, int]:
-    """The last rectangle of the top-most Shapes layer, in level-0 pixels."""
-    shapes = [ly for ly in viewer.layers if ly._type_string == "shapes"]
+    """The last rectangle of the top-most Shapes layer drawn by the user, in level-0 pixels."""
+    shapes = [ly for ly in viewer.layers if ly._type_string == "shapes" and "napari_mitosis" not in ly.metadata]
     return rectangle_region(shapes[-1] if shapes else None, slide_layer)
 
 

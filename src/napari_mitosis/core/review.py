@@ -1,0 +1,305 @@
+"""The state of a pathologist's review: detections, their edits, undo, and the review queue.
+
+Pure pandas/numpy (no Qt): the napari widget drives it, the sidecar file
+stores it. Every edit makes a new table and keeps the previous one for undo.
+
+Each detection has a stable integer ``id`` and, besides the columns of a
+detection table (``x, y, class, score, status``; see
+:mod:`napari_mitosis.io.detections`), ``model_class``: the class the model
+gave it (empty for cells added by hand). Removing a model detection keeps it
+in :attr:`ReviewState.rejected`: a pathologist's "this is not a mitosis" is
+the most valuable training example there is.
+
+Statuses: ``model`` (not reviewed yet), ``confirmed`` (the model's class
+accepted), ``corrected`` (class changed by the pathologist), ``added`` (placed
+by hand).
+
+Examples
+--------
+>>> import pandas as pd
+>>> s = ReviewState()
+>>> s.add_model(pd.DataFrame({"x": [10., 50.], "y": [10., 60.], "class": ["mitotic_figure"] * 2, "score": [.9, .6]}))
+[0, 1]
+>>> s.set_class([1], "other")               # a look-alike: corrected
+>>> s.confirm([0])
+>>> list(s.df["status"]), list(s.df["class"])
+(['confirmed', 'corrected'], ['mitotic_figure', 'other'])
+>>> _ = s.undo(), s.undo()
+>>> list(s.df["status"])
+['model', 'model']
+>>> s.remove([1]); len(s.df), len(s.rejected)
+(1, 1)
+>>> s.next_unreviewed()                      # the queue: highest score first
+0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .detections import CLASSES, COLUMNS, check_detections
+
+#: How many edits can be undone.
+UNDO_DEPTH = 500
+REVIEW_COLUMNS = ["id"] + COLUMNS + ["model_class"]
+ORDERS = ("score", "uncertain")
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({
+        "id": pd.Series(dtype=np.int64), "x": pd.Series(dtype=float), "y": pd.Series(dtype=float),
+        "class": pd.Series(dtype=object), "score": pd.Series(dtype=float), "status": pd.Series(dtype=object),
+        "model_class": pd.Series(dtype=object),
+    })
+
+
+class ReviewState:
+    """Detections under review, with undo/redo and a review queue.
+
+    Attributes
+    ----------
+    df : DataFrame
+        The current detections (``id``, ``x``, ``y``, ``class``, ``score``,
+        ``status``, ``model_class`` and any extra columns such as ``type``).
+    rejected : DataFrame
+        Model detections the pathologist removed (kept as negatives).
+    thresholds : dict
+        class -> decision threshold, for the "uncertain first" queue.
+    """
+
+    def __init__(self, df: pd.DataFrame | None = None, rejected: pd.DataFrame | None = None, thresholds=None):
+        self.df = _empty() if df is None else df.reset_index(drop=True)
+        self.rejected = _empty() if rejected is None else rejected.reset_index(drop=True)
+        self.thresholds = dict(thresholds or {})
+        self._undo: list = []
+        self._redo: list = []
+        self.version = 0  # bumped on every change, for autosave and views
+
+    # ------------------------------------------------------------ history
+    def _push(self):
+        self._undo.append((self.df, self.rejected))
+        del self._undo[:-UNDO_DEPTH]
+        self._redo.clear()
+
+    def _changed(self):
+        self.version += 1
+
+    def undo(self) -> bool:
+        """Undo the last edit; False when there is nothing to undo."""
+        if not self._undo:
+            return False
+        self._redo.append((self.df, self.rejected))
+        self.df, self.rejected = self._undo.pop()
+        self._changed()
+        return True
+
+    def redo(self) -> bool:
+        """Redo the last undone edit; False when there is nothing to redo."""
+        if not self._redo:
+            return False
+        self._undo.append((self.df, self.rejected))
+        self.df, self.rejected = self._redo.pop()
+        self._changed()
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    # -------------------------------------------------------------- edits
+    def _next_ids(self, n: int) -> list[int]:
+        used = [self.df["id"].max() if len(self.df) else -1, self.rejected["id"].max() if len(self.rejected) else -1]
+        start = int(max(used)) + 1
+        return list(range(start, start + n))
+
+    def _rows(self, ids) -> np.ndarray:
+        ids = np.atleast_1d(np.asarray(list(ids) if not np.isscalar(ids) else [ids], dtype=np.int64))
+        return self.df["id"].isin(ids).to_numpy()
+
+    def add_model(self, detections, replace_region=None) -> list[int]:
+        """Add model detections (e.g. one tile's); returns their ids.
+
+        ``replace_region`` = level-0 ``(x, y, w, h)``: unreviewed model
+        detections inside it are replaced (re-running a region does not pile
+        up duplicates; reviewed ones stay).
+        """
+        det = check_detections(detections)
+        self._push()
+        df = self.df
+        if replace_region is not None:
+            x, y, w, h = replace_region
+            inside = (df.x >= x) & (df.x < x + w) & (df.y >= y) & (df.y < y + h) & (df.status == "model")
+            df = df[~inside.to_numpy()]
+        ids = self._next_ids(len(det))
+        det = det.copy()
+        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
+        det["status"] = "model"
+        det["model_class"] = det["class"]
+        self.df = pd.concat([df, det], ignore_index=True) if len(df) else det.reset_index(drop=True)
+        self._changed()
+        return ids
+
+    def drop_unreviewed(self, region) -> int:
+        """Forget the unreviewed model detections inside level-0 ``region`` (x, y, w, h), e.g.
+        before that region is analysed again; reviewed cells stay. Returns how many went."""
+        x, y, w, h = region
+        df = self.df
+        inside = ((df.x >= x) & (df.x < x + w) & (df.y >= y) & (df.y < y + h) & (df.status == "model")).to_numpy()
+        if not inside.any():
+            return 0
+        self._push()
+        self.df = df[~inside].reset_index(drop=True)
+        self._changed()
+        return int(inside.sum())
+
+    def load(self, detections, keep_status: bool = True) -> list[int]:
+        """Add detections from a file (their status kept, or ``added``); returns their ids."""
+        det = check_detections(detections)
+        if not keep_status:
+            det["status"] = "added"
+        self._push()
+        det = det.copy()
+        ids = self._next_ids(len(det))
+        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
+        if "model_class" not in det:
+            det["model_class"] = np.where(det["status"].isin(["model", "confirmed"]), det["class"], None)
+        self.df = pd.concat([self.df, det], ignore_index=True) if len(self.df) else det.reset_index(drop=True)
+        self._changed()
+        return ids
+
+    def set_class(self, ids, cls: str) -> None:
+        """Give the cells ``ids`` the class ``cls`` (status ``corrected``, or ``confirmed``
+        when it is what the model said; hand-added cells stay ``added``)."""
+        if cls not in CLASSES:
+            raise ValueError(f"unknown class {cls!r}; use one of {', '.join(CLASSES)}")
+        rows = self._rows(ids)
+        if not rows.any():
+            return
+        self._push()
+        df = self.df.copy()
+        df.loc[rows, "class"] = cls
+        added = df["status"] == "added"
+        agree = df["model_class"] == cls
+        df.loc[rows & ~added.to_numpy() & agree.to_numpy(), "status"] = "confirmed"
+        df.loc[rows & ~added.to_numpy() & ~agree.to_numpy(), "status"] = "corrected"
+        self.df = df
+        self._changed()
+
+    def confirm(self, ids) -> None:
+        """Accept the cells ``ids`` as they are (model detections become ``confirmed``)."""
+        rows = self._rows(ids) & (self.df["status"] == "model").to_numpy()
+        if not rows.any():
+            return
+        self._push()
+        df = self.df.copy()
+        df.loc[rows, "status"] = "confirmed"
+        self.df = df
+        self._changed()
+
+    def remove(self, ids) -> None:
+        """Remove the cells ``ids``; model detections among them are kept in :attr:`rejected`."""
+        rows = self._rows(ids)
+        if not rows.any():
+            return
+        self._push()
+        gone = self.df[rows]
+        keep = gone[gone["model_class"].notna() & (gone["status"] != "added")]
+        if len(keep):
+            self.rejected = pd.concat([self.rejected, keep], ignore_index=True) if len(self.rejected) else keep.reset_index(drop=True)
+        self.df = self.df[~rows].reset_index(drop=True)
+        self._changed()
+
+    def add(self, x: float, y: float, cls: str) -> int:
+        """Add a cell placed by hand at level-0 ``(x, y)``; returns its id."""
+        if cls not in CLASSES:
+            raise ValueError(f"unknown class {cls!r}; use one of {', '.join(CLASSES)}")
+        self._push()
+        [i] = self._next_ids(1)
+        row = pd.DataFrame({"id": [i], "x": [float(x)], "y": [float(y)], "class": [cls], "score": [np.nan],
+                            "status": ["added"], "model_class": [None]})
+        self.df = pd.concat([self.df, row], ignore_index=True) if len(self.df) else row
+        self._changed()
+        return i
+
+    def move(self, ids, xy) -> None:
+        """Move the cells ``ids`` to level-0 positions ``xy`` ((N, 2) x, y, in the order of ``ids``)."""
+        ids = [int(i) for i in ids]
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        if len(ids) != len(xy):
+            raise ValueError("move: one position per cell is needed")
+        where = dict(zip(ids, xy))
+        rows = self._rows(ids)
+        if not rows.any():
+            return
+        self._push()
+        df = self.df.copy()
+        df.loc[rows, ["x", "y"]] = np.asarray([where[int(i)] for i in df.loc[rows, "id"]])
+        self.df = df
+        self._changed()
+
+    # -------------------------------------------------------------- queue
+    def queue(self, order: str = "score") -> np.ndarray:
+        """Ids of the unreviewed model detections in review order.
+
+        ``score``: most likely first; ``uncertain``: closest to the class's
+        decision threshold first.
+        """
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+        todo = self.df[self.df["status"] == "model"]
+        if todo.empty:
+            return np.zeros(0, np.int64)
+        score = todo["score"].fillna(0.0).to_numpy()
+        if order == "score":
+            key = -score
+        else:
+            thr = np.array([self.thresholds.get(c, 0.5) for c in todo["class"]], float)
+            key = np.abs(score - thr)
+        return todo["id"].to_numpy()[np.argsort(key, kind="stable")]
+
+    def next_unreviewed(self, order: str = "score", after: int | None = None, step: int = 1) -> int | None:
+        """The id of the next (``step=1``) or previous (``step=-1``) unreviewed detection.
+
+        ``after`` is the id shown now (it may have been reviewed in between);
+        without it the queue starts at its head (or tail for ``step=-1``).
+        """
+        q = self.queue(order)
+        if len(q) == 0:
+            return None
+        if after is None or after not in set(self.df["id"]):
+            return int(q[0] if step > 0 else q[-1])
+        if after in set(q):
+            k = int(np.nonzero(q == after)[0][0]) + step
+            return int(q[k % len(q)])
+        # ``after`` was just reviewed: continue from where it stood in the full order
+        full = self.full_order(order)
+        k = int(np.nonzero(full == after)[0][0])
+        pos = set(q)
+        seq = full[k + 1 :] if step > 0 else full[:k][::-1]
+        for i in seq:
+            if i in pos:
+                return int(i)
+        return int(q[0] if step > 0 else q[-1])
+
+    def full_order(self, order: str = "score") -> np.ndarray:
+        """All ids (reviewed or not) in review order."""
+        if self.df.empty:
+            return np.zeros(0, np.int64)
+        score = self.df["score"].fillna(0.0).to_numpy()
+        if order == "score":
+            key = -score
+        else:
+            thr = np.array([self.thresholds.get(c, 0.5) for c in self.df["class"]], float)
+            key = np.abs(score - thr)
+        return self.df["id"].to_numpy()[np.argsort(key, kind="stable")]
+
+    # ------------------------------------------------------------ summary
+    def progress(self) -> tuple[int, int]:
+        """(reviewed, total) detections."""
+        return int((self.df["status"] != "model").sum()), len(self.df)
+
+    def detections(self) -> pd.DataFrame:
+        """The detection table for files (``x, y, class, score, status`` + extras, ``id`` kept)."""
+        cols = COLUMNS + [c for c in self.df.columns if c not in COLUMNS]
+        return self.df[cols].reset_index(drop=True)

@@ -1,0 +1,263 @@
+"""Detection tables and their files: CSV and QuPath-compatible GeoJSON, written atomically.
+
+A detection table is a ``pandas.DataFrame`` with one row per cell:
+
+========  =============================================================
+column    meaning
+========  =============================================================
+x, y      position, level-0 pixels of the slide (float)
+class     ``mitotic_figure``, ``granulocyte`` or ``other``
+score     the model's probability for that class (NaN when added by hand)
+status    ``model``, ``confirmed``, ``corrected`` or ``added``
+========  =============================================================
+
+Further columns (``id``, ``type`` ...) are kept. The pixel size of level 0
+travels in ``df.attrs["mpp"]`` and is written into every file (an ``mpp``
+column in CSV, ``properties.measurements`` and the collection's
+``properties`` in GeoJSON) so coordinates can be converted to um.
+
+GeoJSON follows QuPath's import/export: a ``FeatureCollection`` of
+``Feature``\\ s with a ``Point`` geometry in level-0 pixels and
+``properties.objectType`` / ``properties.classification`` (``name``, ``color``).
+QuPath exports (points, polygons, multi-points; detections or annotations)
+import back: polygons become their centroid, class names are matched loosely
+("Mitosis", "mitotic figure", "Eosinophil" ...).
+
+Examples
+--------
+>>> import pandas as pd, tempfile, pathlib
+>>> df = pd.DataFrame({"x": [10.0, 250.5], "y": [20.0, 40.0], "class": ["mitotic_figure", "granulocyte"],
+...                    "score": [0.9, 0.7]})
+>>> df = check_detections(df)
+>>> list(df["status"])
+['model', 'model']
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = write_geojson(df, folder / "d.geojson", mpp=0.25)
+>>> back = read_detections(folder / "d.geojson")
+>>> back[["x", "y", "class"]].values.tolist(), back.attrs["mpp"]
+([[10.0, 20.0, 'mitotic_figure'], [250.5, 40.0, 'granulocyte']], 0.25)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.detections import (  # noqa: F401 - the schema, re-exported for file users
+    CLASSES,
+    COLUMNS,
+    STATUSES,
+    DetectionsError,
+    check_detections,
+    class_color,
+    class_name,
+    empty_detections,
+)
+
+# -- atomic files ---------------------------------------------------------------------------
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk,
+    then renamed over ``path`` (an atomic rename on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for text (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# -- CSV ------------------------------------------------------------------------------------
+
+def _mpp(df, mpp):
+    mpp = df.attrs.get("mpp") if mpp is None else mpp
+    return None if mpp is None or (isinstance(mpp, float) and np.isnan(mpp)) else float(mpp)
+
+
+def to_csv_text(df, mpp: float | None = None) -> str:
+    """The CSV text of a detection table (``mpp`` column = level-0 pixel size in um)."""
+    df = check_detections(df)
+    out = df.copy()
+    out["mpp"] = _mpp(df, mpp)
+    return out.to_csv(index=False, float_format="%.6g")
+
+
+def write_csv(df, path, mpp: float | None = None) -> Path:
+    """Write a detection table as CSV, atomically."""
+    return atomic_write_text(path, to_csv_text(df, mpp))
+
+
+def read_csv(path) -> pd.DataFrame:
+    """Read a detection CSV (ours, or any CSV with x, y and optionally class/score/status)."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DetectionsError(f"{path}: no such file") from None
+    except pd.errors.EmptyDataError:
+        raise DetectionsError(f"{path}: the file is empty; expected a CSV with columns x, y, class") from None
+    except Exception as exc:
+        raise DetectionsError(f"{path}: cannot be read as CSV ({type(exc).__name__}: {exc})") from None
+    mpp = None
+    if "mpp" in raw.columns:
+        vals = pd.to_numeric(raw.pop("mpp"), errors="coerce").dropna()
+        mpp = float(vals.iloc[0]) if len(vals) else None
+    df = check_detections(raw, str(path))
+    df.attrs["mpp"] = mpp
+    return df
+
+
+# -- GeoJSON (QuPath) -----------------------------------------------------------------------
+
+def to_geojson(df, mpp: float | None = None, slide: str | None = None, object_type: str = "annotation") -> dict:
+    """A QuPath-compatible GeoJSON ``FeatureCollection`` of point features (level-0 pixels).
+
+    ``object_type`` is QuPath's ``objectType``: ``annotation`` (editable in
+    QuPath; the default) or ``detection``.
+    """
+    df = check_detections(df)
+    mpp = _mpp(df, mpp)
+    feats = []
+    extra = [c for c in df.columns if c not in COLUMNS]
+    for r in df.to_dict("records"):
+        label, rgb = CLASSES.get(r["class"], CLASSES["other"])
+        measurements = {"score": None if pd.isna(r["score"]) else float(r["score"])}
+        props = {
+            "objectType": object_type,
+            "classification": {"name": label, "color": list(rgb)},
+            "isLocked": False,
+            "measurements": measurements,
+            "status": r["status"],
+            "class": r["class"],
+        }
+        for c in extra:
+            v = r.get(c)
+            if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                props[c] = v.item() if hasattr(v, "item") else v
+        feats.append({
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {"type": "Point", "coordinates": [float(r["x"]), float(r["y"])]},
+            "properties": props,
+        })
+    fc = {"type": "FeatureCollection", "features": feats,
+          "properties": {"coordinates": "level-0 pixels", "mpp": mpp, "slide": slide, "software": "napari-mitosis"}}
+    return fc
+
+
+def write_geojson(df, path, mpp: float | None = None, slide: str | None = None, object_type: str = "annotation") -> Path:
+    """Write :func:`to_geojson` atomically."""
+    return atomic_write_text(path, json.dumps(to_geojson(df, mpp, slide, object_type), indent=1))
+
+
+def _centroid(geom: dict):
+    kind = geom.get("type")
+    coords = geom.get("coordinates")
+    if kind == "Point":
+        return [coords[:2]]
+    if kind == "MultiPoint":
+        return [c[:2] for c in coords]
+    if kind in ("Polygon", "MultiPolygon", "LineString"):
+        rings = coords if kind != "MultiPolygon" else [r for poly in coords for r in poly[:1]]
+        if kind == "Polygon":
+            rings = coords[:1]
+        if kind == "LineString":
+            rings = [coords]
+        pts = np.asarray([p[:2] for ring in rings for p in ring], float)
+        return [pts.mean(0).tolist()] if len(pts) else []
+    return []
+
+
+def from_geojson(data, name: str = "GeoJSON") -> pd.DataFrame:
+    """Detections from a GeoJSON object (a FeatureCollection, a list of Features, or one Feature)."""
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        feats = data.get("features") or []
+        meta = data.get("properties") or {}
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        feats, meta = [data], {}
+    elif isinstance(data, list):
+        feats, meta = data, {}
+    else:
+        raise DetectionsError(f"{name}: not GeoJSON features (expected a FeatureCollection or a list of Features)")
+    rows = []
+    for f in feats:
+        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
+            continue
+        props = f.get("properties") or {}
+        cls = props.get("class")
+        if cls is None:
+            c = props.get("classification") or {}
+            cls = c.get("name") if isinstance(c, dict) else c
+        cls = class_name(cls) if cls is not None else "mitotic_figure"
+        meas = props.get("measurements") or {}
+        if isinstance(meas, list):  # QuPath 0.2/0.3 style
+            meas = {m.get("name"): m.get("value") for m in meas if isinstance(m, dict)}
+        score = meas.get("score", props.get("score"))
+        status = str(props.get("status", "added" if score is None else "model")).lower()
+        if status not in STATUSES:
+            status = "added"
+        for x, y in _centroid(f["geometry"]):
+            rows.append({"x": float(x), "y": float(y), "class": cls, "score": np.nan if score is None else float(score),
+                         "status": status})
+    df = check_detections(pd.DataFrame(rows, columns=COLUMNS) if rows else empty_detections(), name)
+    mpp = meta.get("mpp") if isinstance(meta, dict) else None
+    df.attrs["mpp"] = None if mpp is None else float(mpp)
+    if isinstance(meta, dict) and meta.get("slide"):
+        df.attrs["slide"] = meta["slide"]
+    return df
+
+
+def read_geojson(path) -> pd.DataFrame:
+    """Read detections from a GeoJSON file (ours or a QuPath export)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DetectionsError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DetectionsError(f"{path}: is not valid GeoJSON ({exc})") from None
+    return from_geojson(data, str(path))
+
+
+def read_detections(path) -> pd.DataFrame:
+    """Read a detection file by its suffix: ``.csv`` or ``.geojson`` / ``.json``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return read_csv(path)
+    if suffix in (".geojson", ".json"):
+        return read_geojson(path)
+    raise DetectionsError(f"{path}: unknown detection file type {suffix!r}; use .csv or .geojson")
+
+
+def write_detections(df, path, mpp: float | None = None, slide: str | None = None) -> Path:
+    """Write a detection file by its suffix (``.csv`` or ``.geojson``)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return write_csv(df, path, mpp)
+    if suffix in (".geojson", ".json"):
+        return write_geojson(df, path, mpp, slide)
+    raise DetectionsError(f"{path}: unknown detection file type {suffix!r}; use .csv or .geojson")

@@ -1,0 +1,255 @@
+"""The review's annotation file ("sidecar"): saved on every edit, restored on reopening.
+
+The file sits next to the slide as ``<slide file name>.mitosis.json``; when
+that folder cannot be written (a read-only share, a CD) it goes to a
+fallback folder (``$NAPARI_MITOSIS_ANNOTATIONS``, default
+``~/.napari-mitosis/annotations``) under a name that includes the slide's
+fingerprint, so two slides called ``slide1.svs`` in different places do not
+collide.
+
+Safety:
+
+- every save is atomic (temporary file, flush, rename): a crash leaves the
+  previous save or the new one, never half a file; the previous save is kept
+  as ``.bak``;
+- the file records the slide's identity (name, size in pixels, pixel size and
+  a fingerprint of the file's first MiB); an annotation file of another slide
+  is refused;
+- a corrupt file is never overwritten: it is moved aside to
+  ``.corrupt-<time>`` and the ``.bak`` copy (the save before) is used.
+
+Examples
+--------
+>>> import tempfile, pathlib, pandas as pd
+>>> from napari_mitosis.core.review import ReviewState
+>>> ident = {"name": "s.svs", "width": 100, "height": 80, "mpp": 0.25, "fingerprint": "abc"}
+>>> s = ReviewState(); _ = s.add_model(pd.DataFrame({"x": [5.0], "y": [6.0], "class": ["mitotic_figure"], "score": [0.8]}))
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "s.svs.mitosis.json"
+>>> _ = save_review(path, s, ident)
+>>> back, note = load_review(path, ident)
+>>> back.df[["x", "y", "class", "status"]].values.tolist(), note
+([[5.0, 6.0, 'mitotic_figure', 'model']], '')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .detections import atomic_write_text
+
+FORMAT = "napari-mitosis-review"
+VERSION = 1
+SUFFIX = ".mitosis.json"
+FALLBACK_ENV = "NAPARI_MITOSIS_ANNOTATIONS"
+
+
+class SidecarError(ValueError):
+    """An annotation file that cannot be used; the message says what is wrong and what to do."""
+
+
+# -------------------------------------------------------------------- identity
+def fingerprint(path) -> str:
+    """A short fingerprint of a slide file: size and a hash of its first MiB (of the metadata for folders)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():  # OME-Zarr: its metadata files
+        for name in ("zarr.json", ".zattrs", ".zgroup"):
+            f = path / name
+            if f.exists():
+                h.update(f.read_bytes())
+        size = 0
+    else:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    h.update(str(size).encode())
+    return h.hexdigest()[:16]
+
+
+def slide_identity(slide) -> dict:
+    """What identifies a :class:`~napari_mitosis.io.Slide`: name, size, pixel size, fingerprint."""
+    w, h = slide.dimensions
+    path = Path(slide.path)
+    return {"name": path.name, "width": int(w), "height": int(h), "mpp": slide.mpp,
+            "fingerprint": fingerprint(path) if path.exists() else ""}
+
+
+def same_slide(a: dict, b: dict) -> tuple[bool, str]:
+    """Whether two identities are the same slide, and if not why.
+
+    The fingerprint decides when both have one (a renamed or moved slide is
+    still itself); otherwise the size in pixels must agree.
+    """
+    if (int(a.get("width", -1)), int(a.get("height", -1))) != (int(b.get("width", -2)), int(b.get("height", -2))):
+        return False, (f"it belongs to {a.get('name')!r} ({a.get('width')} x {a.get('height')} px), "
+                       f"not to {b.get('name')!r} ({b.get('width')} x {b.get('height')} px)")
+    fa, fb = a.get("fingerprint"), b.get("fingerprint")
+    if fa and fb and fa != fb:
+        return False, f"it belongs to another file ({a.get('name')!r}, same size but different content)"
+    return True, ""
+
+
+# ----------------------------------------------------------------------- paths
+def fallback_folder() -> Path:
+    return Path(os.environ.get(FALLBACK_ENV) or Path.home() / ".napari-mitosis" / "annotations")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".napari-mitosis-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def sidecar_path(slide_path, identity: dict | None = None, folder=None) -> Path:
+    """Where the review of ``slide_path`` is saved.
+
+    ``folder`` (chosen by the user) wins; else next to the slide when that
+    folder is writable; else the fallback folder (name + fingerprint).
+    """
+    slide_path = Path(slide_path)
+    name = slide_path.name + SUFFIX
+    if folder is not None:
+        return Path(folder) / name
+    if _writable(slide_path.parent):
+        return slide_path.parent / name
+    fp = (identity or {}).get("fingerprint") or "nofp"
+    return fallback_folder() / f"{slide_path.name}.{fp}{SUFFIX}"
+
+
+def find_sidecar(slide_path, identity: dict | None = None, folder=None) -> Path | None:
+    """An existing annotation file of the slide (chosen folder, beside the slide, fallback), or None."""
+    slide_path = Path(slide_path)
+    fp = (identity or {}).get("fingerprint") or "nofp"
+    candidates = []
+    if folder is not None:
+        candidates.append(Path(folder) / (slide_path.name + SUFFIX))
+    candidates += [slide_path.parent / (slide_path.name + SUFFIX), fallback_folder() / f"{slide_path.name}.{fp}{SUFFIX}"]
+    for c in candidates:
+        if c.exists() or c.with_name(c.name + ".bak").exists():
+            return c
+    return None
+
+
+# ------------------------------------------------------------------ read/write
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for r in df.to_dict("records"):
+        clean = {}
+        for k, v in r.items():
+            if isinstance(v, (np.generic,)):
+                v = v.item()
+            if isinstance(v, float) and np.isnan(v):
+                v = None
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def review_document(state, identity: dict, extra: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "slide": identity,
+        "coordinates": "level-0 pixels",
+        "detections": _records(state.df),
+        "rejected": _records(state.rejected),
+        "thresholds": state.thresholds,
+        **(extra or {}),
+    }
+
+
+def save_review(path, state, identity: dict, extra: dict | None = None) -> Path:
+    """Write the review atomically; the previous save becomes ``.bak``."""
+    path = Path(path)
+    text = json.dumps(review_document(state, identity, extra), indent=0, allow_nan=False)
+    if path.exists():
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+            shutil.copy2(path, path.with_name(path.name + ".bak"))
+        except (OSError, ValueError):
+            pass  # a corrupt current file was already moved aside by load_review; do not back it up over a good .bak
+    return atomic_write_text(path, text)
+
+
+def _frame(records) -> pd.DataFrame:
+    from ..core.review import REVIEW_COLUMNS, _empty
+
+    if not records:
+        return _empty()
+    df = pd.DataFrame.from_records(records)
+    for c in REVIEW_COLUMNS:
+        if c not in df:
+            df[c] = None
+    df["id"] = df["id"].astype(np.int64)
+    df[["x", "y"]] = df[["x", "y"]].astype(float)
+    df["score"] = pd.to_numeric(df["score"], errors="coerce").astype(float)
+    return df[REVIEW_COLUMNS + [c for c in df.columns if c not in REVIEW_COLUMNS]]
+
+
+def _parse(path: Path) -> dict:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError("not a napari-mitosis review file")
+    if not isinstance(doc.get("detections"), list):
+        raise ValueError("its detections are missing")
+    return doc
+
+
+def load_review(path, identity: dict | None = None):
+    """Read a review saved by :func:`save_review`.
+
+    Returns ``(ReviewState, note)``; ``note`` is empty, or says that the
+    file was corrupt, where it was moved, and that the backup was used.
+
+    Raises
+    ------
+    SidecarError
+        When the file belongs to another slide, or it is corrupt and there is
+        no usable backup (the corrupt file is kept aside either way).
+    """
+    from ..core.review import ReviewState
+
+    path = Path(path)
+    note = ""
+    try:
+        doc = _parse(path)
+    except FileNotFoundError:
+        doc = None
+        bak = path.with_name(path.name + ".bak")
+        if not bak.exists():
+            raise SidecarError(f"{path}: no such annotation file") from None
+        doc = _parse(bak)
+        note = f"{path.name} was missing; restored the backup {bak.name}"
+    except (ValueError, UnicodeDecodeError) as exc:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, aside)
+        bak = path.with_name(path.name + ".bak")
+        try:
+            doc = _parse(bak)
+        except (OSError, ValueError) as exc2:
+            raise SidecarError(
+                f"{path.name} is corrupt ({exc}) and has no usable backup ({type(exc2).__name__}); it was kept as "
+                f"{aside.name} -- nothing was overwritten; the review starts empty"
+            ) from None
+        note = f"{path.name} was corrupt ({exc}); kept it as {aside.name} and restored the backup {bak.name}"
+    if identity is not None:
+        ok, why = same_slide(doc.get("slide") or {}, identity)
+        if not ok:
+            raise SidecarError(f"{path.name}: {why}; refusing to load it onto this slide")
+    state = ReviewState(_frame(doc["detections"]), _frame(doc.get("rejected") or []), doc.get("thresholds") or {})
+    return state, note

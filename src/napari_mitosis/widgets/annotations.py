@@ -1,0 +1,370 @@
+"""The detections of a slide as a napari Points layer, kept in step with the review and its file.
+
+:class:`DetectionReview` owns one :class:`~napari_mitosis.core.review.ReviewState`
+for one slide layer. The Points layer is its view: level-0 pixel data with the
+slide's scale, so points sit on the cells at every zoom. Edits come from
+the keys bound here and from napari's own point tools (add mode, delete,
+drag, paste); either way the review is updated and autosaved atomically to
+the slide's annotation file (:mod:`napari_mitosis.io.sidecar`).
+
+Keys (on the detections layer):
+
+====================  ================================================
+``M`` / ``G`` / ``O``  selected cells are mitotic figure / granulocyte / other
+``C``                 confirm the selected cells as the model called them
+``X`` (or Delete)     remove the selected cells (model calls are kept as negatives)
+``I``                 insert a cell of the current class at the mouse
+``Shift+M/G/O``       insert a mitotic figure / granulocyte / other at the mouse
+``N`` / ``Shift+N``   next / previous unreviewed detection (centres and selects it)
+``Ctrl+Z``            undo; ``Ctrl+Shift+Z`` redo
+====================  ================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.detections import CLASSES, class_color
+from ..core.review import ReviewState
+from ..io import sidecar
+
+#: Marker diameter on the slide (um).
+MARKER_UM = 14.0
+STATUS_COLORS = {"model": (1, 1, 1, 1), "confirmed": (0.1, 0.9, 0.2, 1), "corrected": (1, 0.9, 0.1, 1), "added": (0.2, 0.9, 1, 1)}
+CLASS_KEYS = {"m": "mitotic_figure", "g": "granulocyte", "o": "other"}
+#: A queue jump shows at least this much tissue around the cell (um across).
+FOCUS_FIELD_UM = 120.0
+
+KEY_HELP = (
+    "M/G/O: class of selected · C: confirm · X/Del: remove · I: add at mouse (Shift+M/G/O: add that class) · "
+    "N/Shift+N: next/previous to review · Ctrl+Z / Ctrl+Shift+Z: undo/redo"
+)
+
+
+class DetectionReview:
+    """The review of one slide layer: state, Points layer, keys and autosave.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    slide_layer : the Image layer of the slide (its ``metadata['slide']`` is a Slide)
+    folder : where to save the annotation file (default: beside the slide, or the fallback folder)
+    on_change : called after every change (e.g. to refresh counts)
+    """
+
+    def __init__(self, viewer, slide_layer, folder=None, on_change=None, mpp: float | None = None):
+        self.viewer = viewer
+        self.slide_layer = slide_layer
+        self.slide = slide_layer.metadata["slide"]
+        self.mpp = mpp or self.slide.mpp
+        self.on_change = on_change
+        self.current_class = "mitotic_figure"
+        self.order = "score"
+        self.layer = None
+        self.notes: list[str] = []
+        self.regions: list = []  # analysed level-0 rectangles (None = all tissue)
+        self._syncing = False
+        self._focus: int | None = None
+        self.identity = sidecar.slide_identity(self.slide)
+        self.path = self._choose_path(folder)
+        self.state = ReviewState()
+        self._restore()
+
+    # ------------------------------------------------------------ the file
+    def _choose_path(self, folder):
+        found = sidecar.find_sidecar(self.slide.path, self.identity, folder)
+        return found if found is not None else sidecar.sidecar_path(self.slide.path, self.identity, folder)
+
+    def _restore(self):
+        if not (self.path.exists() or self.path.with_name(self.path.name + ".bak").exists()):
+            return
+        try:
+            self.state, note = sidecar.load_review(self.path, self.identity)
+        except sidecar.SidecarError as exc:
+            self.notes.append(str(exc))
+            if "refusing" in str(exc):  # another slide's file: keep it, save this review elsewhere
+                self.path = self.path.with_name(f"{Path(self.slide.path).name}.{self.identity['fingerprint']}{sidecar.SUFFIX}")
+            return
+        doc_regions = self._saved_regions()
+        self.regions = doc_regions
+        if note:
+            self.notes.append(note)
+        n = len(self.state.df)
+        self.notes.append(f"restored {n:,} detection{'s' if n != 1 else ''} from {self.path.name}")
+
+    def _saved_regions(self) -> list:
+        import json
+
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            return [None if r is None else tuple(r) for r in doc.get("regions", [])]
+        except (OSError, ValueError):
+            return []
+
+    def save(self) -> Path:
+        """Write the review now (atomically). Falls back to the fallback folder if the folder is read-only."""
+        extra = {"regions": [None if r is None else list(map(float, r)) for r in self.regions], "mpp": self.mpp}
+        try:
+            return sidecar.save_review(self.path, self.state, self.identity, extra)
+        except OSError as exc:
+            fallback = sidecar.fallback_folder() / f"{Path(self.slide.path).name}.{self.identity['fingerprint']}{sidecar.SUFFIX}"
+            if fallback == self.path:
+                raise
+            self.notes.append(f"cannot write {self.path} ({exc.strerror}); saving to {fallback}")
+            self.path = fallback
+            return sidecar.save_review(self.path, self.state, self.identity, extra)
+
+    def move_file(self, folder) -> Path:
+        """Save the review into another folder from now on."""
+        self.path = sidecar.sidecar_path(self.slide.path, self.identity, folder)
+        return self.save()
+
+    def _changed(self, save: bool = True):
+        if save:
+            self.save()
+        self.refresh()
+        if self.on_change is not None:
+            self.on_change()
+
+    # ------------------------------------------------------------ the layer
+    @property
+    def layer_name(self) -> str:
+        return f"detections ({self.slide_layer.name})"
+
+    def _features(self) -> pd.DataFrame:
+        df = self.state.df
+        feats = pd.DataFrame({
+            "id": df["id"].to_numpy(np.int64),
+            "class": pd.Categorical(df["class"].astype(object), categories=list(CLASSES)),
+            "score": df["score"].to_numpy(float),
+            "status": df["status"].astype(object).to_numpy(),
+        })
+        if "type" in df:
+            feats["type"] = df["type"].to_numpy()
+        return feats
+
+    def ensure_layer(self):
+        """Create (or find) the Points layer."""
+        if self.layer is not None and self.layer in self.viewer.layers:
+            return self.layer
+        if self.layer_name in self.viewer.layers:
+            self.viewer.layers.remove(self.layer_name)
+        scale = tuple(self.slide_layer.scale[-2:])  # on the slide whatever units it is shown in
+        size = MARKER_UM / self.mpp if self.mpp else 28
+        self.layer = self.viewer.add_points(
+            np.zeros((0, 2)),
+            name=self.layer_name,
+            scale=scale,
+            units=self.slide_layer.units,
+            size=size,
+            symbol="ring",
+            border_width=0.12,
+            border_width_is_relative=True,
+            features=self._features().iloc[:0],
+            feature_defaults={"id": -1, "class": self.current_class, "score": np.nan, "status": "added"},
+            face_color=_hex(class_color(self.current_class)),
+            metadata={"napari_mitosis": "detections", "mpp": self.mpp, "slide_path": str(self.slide.path)},
+        )
+        self.layer.current_size = size
+        self.layer.events.data.connect(self._on_layer_data)
+        self._bind_keys(self.layer)
+        self.refresh()
+        return self.layer
+
+    def refresh(self):
+        """Show the review's detections in the layer (selection kept by id)."""
+        if self.layer is None or self.layer not in self.viewer.layers:
+            return
+        layer, df = self.layer, self.state.df
+        selected_ids = set()
+        if len(layer.data) and layer.selected_data and "id" in layer.features:
+            ids = layer.features["id"].to_numpy()
+            selected_ids = {int(ids[i]) for i in layer.selected_data if i < len(ids)}
+        self._syncing = True
+        try:
+            layer.selected_data = set()
+            yx = df[["y", "x"]].to_numpy(float) if len(df) else np.zeros((0, 2))
+            feats = self._features()
+            layer.data = yx
+            layer.features = feats
+            if len(df):
+                layer.face_color = np.array([class_color(c, 1.0) for c in df["class"]])
+                layer.border_color = np.array([STATUS_COLORS.get(s, (1, 1, 1, 1)) for s in df["status"]])
+                if self._focus is not None:
+                    selected_ids.add(self._focus)
+                idx = np.nonzero(df["id"].isin(selected_ids).to_numpy())[0]
+                layer.selected_data = set(int(i) for i in idx)
+            layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
+            layer.current_face_color = _hex(class_color(self.current_class))
+            layer.current_border_color = _hex(STATUS_COLORS["added"][:3])
+        finally:
+            self._syncing = False
+
+    def _on_layer_data(self, event):
+        """napari's own tools changed the points: bring the review in line."""
+        if self._syncing or str(getattr(event, "action", "")) not in ("added", "removed", "changed"):
+            return
+        self.reconcile()
+
+    def reconcile(self):
+        layer = self.layer
+        feats = layer.features
+        ids = feats["id"].to_numpy(np.int64) if "id" in feats and len(feats) else np.zeros(0, np.int64)
+        yx = np.asarray(layer.data, float).reshape(-1, 2)
+        known = set(self.state.df["id"].tolist())
+        seen, new_rows, moved_ids, moved_xy = set(), [], [], []
+        by_id = self.state.df.set_index("id")
+        for i, pid in enumerate(ids):
+            pid = int(pid)
+            if pid in known and pid not in seen:
+                seen.add(pid)
+                x0, y0 = by_id.at[pid, "x"], by_id.at[pid, "y"]
+                if abs(x0 - yx[i, 1]) > 1e-6 or abs(y0 - yx[i, 0]) > 1e-6:
+                    moved_ids.append(pid)
+                    moved_xy.append((yx[i, 1], yx[i, 0]))
+            else:
+                cls = feats["class"].iloc[i] if "class" in feats else self.current_class
+                new_rows.append((yx[i, 1], yx[i, 0], cls if cls in CLASSES else self.current_class))
+        removed = known - seen
+        if removed:
+            self.state.remove(sorted(removed))
+        if moved_ids:
+            self.state.move(moved_ids, moved_xy)
+        for x, y, cls in new_rows:
+            self.state.add(x, y, cls)
+        if removed or moved_ids or new_rows:
+            self._changed()
+
+    # ------------------------------------------------------------ edits
+    def selected_ids(self) -> list[int]:
+        if self.layer is None or not self.layer.selected_data:
+            return []
+        ids = self.layer.features["id"].to_numpy()
+        return [int(ids[i]) for i in sorted(self.layer.selected_data) if i < len(ids)]
+
+    def set_class(self, cls: str):
+        """Give the selected cells ``cls``; with nothing selected, make it the class for new cells."""
+        ids = self.selected_ids()
+        if not ids:
+            self.current_class = cls
+        if ids:
+            self.state.set_class(ids, cls)
+            self._changed()
+        else:
+            self.refresh()
+
+    def confirm(self):
+        ids = self.selected_ids()
+        if ids:
+            self.state.confirm(ids)
+            self._changed()
+
+    def remove(self):
+        ids = self.selected_ids()
+        if ids:
+            self.state.remove(ids)
+            self._focus = None
+            self._changed()
+
+    def add_at(self, position_world, cls: str | None = None) -> int | None:
+        """Add a cell at a world position (e.g. the mouse); returns its id."""
+        layer = self.ensure_layer()
+        y, x = np.asarray(layer.world_to_data(position_world))[-2:]
+        h, w = self.slide.shape
+        if not (0 <= x < w and 0 <= y < h):
+            return None
+        i = self.state.add(float(x), float(y), cls or self.current_class)
+        self._changed()
+        return i
+
+    def undo(self):
+        if self.state.undo():
+            self._changed()
+
+    def redo(self):
+        if self.state.redo():
+            self._changed()
+
+    def add_model_detections(self, df, region=None):
+        """Model detections streaming in (one tile's); ``region`` = the re-analysed rectangle to replace."""
+        self.ensure_layer()
+        if df is not None and len(df):
+            self.state.add_model(df, replace_region=region)
+            self._changed()
+
+    def clear_region(self, region):
+        """Before re-analysing ``region``: its unreviewed model detections go (reviewed cells stay)."""
+        if self.state.drop_unreviewed(region):
+            self._changed()
+
+    def add_region(self, region):
+        """Record an analysed region (``None`` = all tissue) for the counts."""
+        if region not in self.regions:
+            self.regions.append(region)
+            self._changed()
+
+    def import_detections(self, df) -> int:
+        """Add detections read from a file (their status kept); returns how many."""
+        self.ensure_layer()
+        ids = self.state.load(df)
+        self._changed()
+        return len(ids)
+
+    # ------------------------------------------------------------ queue
+    def go(self, step: int = 1) -> int | None:
+        """Select the next (``step=1``) / previous (``-1``) unreviewed detection and centre the view on it."""
+        layer = self.ensure_layer()
+        after = self._focus
+        sel = self.selected_ids()
+        if sel:
+            after = sel[0]
+        pid = self.state.next_unreviewed(self.order, after=after, step=step)
+        if pid is None:
+            return None
+        self._focus = pid
+        row = self.state.df[self.state.df["id"] == pid].iloc[0]
+        self.refresh()
+        idx = int(np.nonzero(self.state.df["id"].to_numpy() == pid)[0][0])
+        self._syncing = True
+        try:
+            layer.selected_data = {idx}
+        finally:
+            self._syncing = False
+        world = np.asarray(layer.data_to_world((row["y"], row["x"])))[-2:]
+        self.viewer.camera.center = tuple(world)
+        self._zoom_to(FOCUS_FIELD_UM)
+        return pid
+
+    def _zoom_to(self, field_um: float):
+        """Zoom in so that about ``field_um`` shows across the canvas (never zoom out)."""
+        try:
+            w_px = max(self.viewer.window._qt_viewer.canvas.size[0], 200)
+        except Exception:  # noqa: BLE001 - headless viewer: a typical canvas
+            w_px = 800
+        field_px = field_um / self.mpp if self.mpp else field_um * 4  # level-0 px
+        zoom = w_px / (field_px * float(self.slide_layer.scale[-1]))
+        if self.viewer.camera.zoom < zoom * 0.5:
+            self.viewer.camera.zoom = zoom
+
+    # ------------------------------------------------------------ keys
+    def _bind_keys(self, layer):
+        def bind(key, func):
+            layer.bind_key(key, lambda _layer: func(), overwrite=True)
+
+        for k, cls in CLASS_KEYS.items():
+            bind(k, lambda cls=cls: self.set_class(cls))
+            bind(f"Shift-{k}", lambda cls=cls: self.add_at(self.viewer.cursor.position, cls))
+        bind("c", self.confirm)
+        bind("x", self.remove)
+        bind("i", lambda: self.add_at(self.viewer.cursor.position))
+        bind("n", lambda: self.go(1))
+        bind("Shift-n", lambda: self.go(-1))
+        bind("Control-z", self.undo)
+        bind("Control-Shift-z", self.redo)
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])
