@@ -60,7 +60,7 @@ def _sub(task, index: int, n: int, kind: str):
 
 
 def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("cells",), device: str = "auto",
-                normalize: str | None = None) -> Task:
+                normalize: str | None = None, nuclei_method: str = "unet") -> Task:
     """Run ``steps`` on ``roi`` (level-0 ``x, y, w, h``) or on all tissue.
 
     Returns a dict ``{"tissue": TissueMask or None, "region": roi or None,
@@ -93,7 +93,7 @@ def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("
         from .nuclei import segment_task
 
         if "nuclei" in steps:
-            nuclei = yield from _sub(segment_task(slide, device=device, **region_kw), i, n, "nuclei")
+            nuclei = yield from _sub(segment_task(slide, method=nuclei_method, device=device, **region_kw), i, n, "nuclei")
             yield Progress((i + 1) * _SCALE, n * _SCALE, f"{len(nuclei[1]):,} nuclei", ("nuclei", nuclei))
             out["nuclei"] = nuclei
             i += 1
@@ -117,7 +117,7 @@ def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("
         if nuclei is None:
             from .nuclei import segment_task
 
-            nuclei = yield from _sub(segment_task(slide, device=device, **region_kw), i, n, "nuclei")
+            nuclei = yield from _sub(segment_task(slide, method=nuclei_method, device=device, **region_kw), i, n, "nuclei")
             yield Progress(i * _SCALE, n * _SCALE, f"{len(nuclei[1]):,} nuclei", ("nuclei", nuclei))
         labels, table = nuclei
         typed = yield from _sub(type_nuclei_task(slide, table, device=device), i, n, "types")

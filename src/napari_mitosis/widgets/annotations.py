@@ -148,9 +148,9 @@ class DetectionReview:
 
     def ensure_layer(self):
         """Create (or find) the Points layer."""
-        if self.layer is not None and self.layer in self.viewer.layers:
+        if self.layer is not None and self._layer_shown():
             return self.layer
-        if self.layer_name in self.viewer.layers:
+        if self.layer_name in self.viewer.layers:  # a stale layer of that name (e.g. of an earlier review)
             self.viewer.layers.remove(self.layer_name)
         scale = tuple(self.slide_layer.scale[-2:])  # on the slide whatever units it is shown in
         size = MARKER_UM / self.mpp if self.mpp else 28
@@ -174,9 +174,13 @@ class DetectionReview:
         self.refresh()
         return self.layer
 
+    def _layer_shown(self) -> bool:
+        # napari hands plugins proxies of its objects: compare by unique id, never by identity
+        return any(ly.unique_id == self.layer.unique_id for ly in self.viewer.layers)
+
     def refresh(self):
         """Show the review's detections in the layer (selection kept by id)."""
-        if self.layer is None or self.layer not in self.viewer.layers:
+        if self.layer is None or not self._layer_shown():
             return
         layer, df = self.layer, self.state.df
         selected_ids = set()

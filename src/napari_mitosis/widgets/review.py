@@ -110,6 +110,9 @@ class ReviewWidget(QWidget):
                 box.setEnabled(False)
                 box.setToolTip(avail[key])
             self.step_boxes[key] = box
+        self.nuclei_method = QComboBox()
+        self.nuclei_method.addItems(["unet", "log"])
+        self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")
         self.stain = QComboBox()
         self.stain.addItems(["none", "macenko", "reinhard", "neural"])
         self.stain.setToolTip("Stain transfer before cell detection (to the training data's look)")
@@ -173,6 +176,7 @@ class ReviewWidget(QWidget):
         form.addRow("Region:", self.region)
         for b in self.step_boxes.values():
             form.addRow(b)
+        form.addRow("Nuclei by:", self.nuclei_method)
         form.addRow("Stain transfer:", self.stain)
         form.addRow("Device:", self.device)
         form.addRow("", self.device_label)
@@ -213,13 +217,14 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ state
     @property
     def slide_layer(self):
-        layers = slide_layers(self.viewer)
+        # napari hands plugins proxies of its objects: compare layers by their unique id, never by identity
+        layers = {ly.unique_id: ly for ly in slide_layers(self.viewer)}
         active = self.viewer.layers.selection.active
-        if active in layers:
-            return active
-        if self.review is not None and self.review.slide_layer in layers:
-            return self.review.slide_layer
-        return layers[0] if layers else None
+        if active is not None and active.unique_id in layers:
+            return layers[active.unique_id]
+        if self.review is not None and self.review.slide_layer.unique_id in layers:
+            return layers[self.review.slide_layer.unique_id]
+        return next(iter(layers.values()), None)
 
     @property
     def slide(self):
@@ -250,13 +255,13 @@ class ReviewWidget(QWidget):
         else:
             self.mpp_label.setText("unknown: the file does not say. Enter it below (0.25 um/px = 40x, 0.5 = 20x) to run the models")
         self.levels_label.setText(f"{slide.level_count} levels ({slide.file_levels} in the file)")
-        if self.review is None or self.review.slide_layer is not layer:
+        if self.review is None or self.review.slide_layer.unique_id != layer.unique_id:
             self._open_review(layer)
 
     def _open_review(self, layer):
         from .annotations import DetectionReview
 
-        key = id(layer)
+        key = layer.unique_id
         if key not in self._reviews:
             review = DetectionReview(self.viewer, layer, on_change=self._update_counts)
             self._reviews[key] = review
@@ -279,7 +284,7 @@ class ReviewWidget(QWidget):
         layer.scale = (mpp, mpp)
         layer.units = ("micrometer", "micrometer")
         layer.metadata["mpp"] = mpp
-        review = self._reviews.get(id(layer))
+        review = self._reviews.get(layer.unique_id)
         if review is not None:
             review.mpp = mpp
             if review.layer is not None:
@@ -322,7 +327,7 @@ class ReviewWidget(QWidget):
         self.review.ensure_layer()
         self.review.layer.visible = True
         task = review_task(slide, roi, all_tissue, self.tissue, steps, self.device.currentText(),
-                           None if stain == "none" else stain)
+                           None if stain == "none" else stain, self.nuclei_method.currentText())
         self._start(task, layer, f"running {', '.join(steps) or 'nothing'} on {self.region.currentText()}...")
 
     def _start(self, task, layer, message):
@@ -427,10 +432,11 @@ class ReviewWidget(QWidget):
 
     def _keep_detections_on_top(self):
         r = self.review
-        if r is not None and r.layer is not None and r.layer in self.viewer.layers:
-            i = self.viewer.layers.index(r.layer)
-            self.viewer.layers.move(i, len(self.viewer.layers))
-            self.viewer.layers.selection.active = r.layer
+        if r is not None and r.layer_name in self.viewer.layers:
+            layer = self.viewer.layers[r.layer_name]
+            names = [ly.name for ly in self.viewer.layers]
+            self.viewer.layers.move(names.index(r.layer_name), len(names))
+            self.viewer.layers.selection.active = layer
 
     def _on_done(self, result, layer):
         if result.get("tissue") is not None and self.tissue is None:
