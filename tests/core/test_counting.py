@@ -53,7 +53,7 @@ def test_small_biopsy_smaller_than_the_window_is_clipped_and_extrapolated():
 def test_counts_per_area_only_over_the_analysed_tissue():
     mask = np.ones((100, 100), bool)  # 1 mask px = 100 level-0 px = 25 um
     xy = [[150, 150], [250, 250], [5000, 5000]]
-    rows, hs, area = review_counts(xy, ["mitotic_figure", "granulocyte", "mitotic_figure"], mask, 100, 0.25,
+    rows, _hs, area = review_counts(xy, ["mitotic_figure", "granulocyte", "mitotic_figure"], mask, 100, 0.25,
                                    regions=[(0, 0, 1000, 1000)])
     assert area == pytest.approx(10 * 10 * 0.025**2)  # 10 x 10 mask px analysed
     mf, gr = rows

@@ -8,7 +8,13 @@ import pytest
 
 from napari_mitosis.core.review import ReviewState
 from napari_mitosis.io import sidecar
-from napari_mitosis.io.sidecar import SidecarError, find_sidecar, load_review, save_review, sidecar_path
+from napari_mitosis.io.sidecar import (
+    SidecarError,
+    find_sidecar,
+    load_review,
+    save_review,
+    sidecar_path,
+)
 
 IDENT = {"name": "a.svs", "width": 1000, "height": 800, "mpp": 0.25, "fingerprint": "f1"}
 

@@ -11,7 +11,12 @@ from app_model.types import KeyBinding
 
 from napari_mitosis.io.detections import read_detections
 from napari_mitosis.io.napari_reader import get_reader
-from napari_mitosis.widgets.review import REGION_RECTANGLE, REGION_TISSUE, REGION_VIEW, ReviewWidget
+from napari_mitosis.widgets.review import (
+    REGION_RECTANGLE,
+    REGION_TISSUE,
+    REGION_VIEW,
+    ReviewWidget,
+)
 from tests.conftest import shared_file
 
 pytestmark = pytest.mark.gui
@@ -181,7 +186,7 @@ def test_export_equals_what_the_widget_shows_and_reimports(make_napari_viewer, t
     slide_path = _link(shared_file("slides", "CMU-1-Small-Region_pyramid.ome.tif"), tmp_path / "slides")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
-    layer, points = _review_with_detections(viewer, widget, slide_path)
+    layer, _points = _review_with_detections(viewer, widget, slide_path)
     widget.review.state.confirm([0, 1])
     widget.review.state.remove([2])
     widget.review._changed()

@@ -140,8 +140,8 @@ def find_hotspot(
     xy = np.asarray(xy, float).reshape(-1, 2)
     w_um, h_um = hpf_rect_um(area_mm2, aspect)
     mask_um = mpp * mask_downsample
-    ww = max(int(round(w_um / mask_um)), 1)
-    wh = max(int(round(h_um / mask_um)), 1)
+    ww = max(round(w_um / mask_um), 1)
+    wh = max(round(h_um / mask_um), 1)
     rows, cols = mask.shape
     px_mm2 = mask_um**2 / 1e6
     counts = np.zeros(mask.shape, np.float64)

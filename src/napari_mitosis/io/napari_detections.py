@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detections import DetectionsError, check_detections, class_color, read_detections, write_csv, write_geojson
+from .detections import (
+    DetectionsError,
+    check_detections,
+    class_color,
+    read_detections,
+    write_csv,
+    write_geojson,
+)
 
 
 def _table(data, meta: dict) -> pd.DataFrame:

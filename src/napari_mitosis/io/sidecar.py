@@ -162,7 +162,7 @@ def review_document(state, identity: dict, extra: dict | None = None) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "saved": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "slide": identity,
         "coordinates": "level-0 pixels",
         "detections": _records(state.df),

@@ -61,7 +61,7 @@ def write_review_files(folder, detections: pd.DataFrame, rows, hotspot, tissue_m
 
 def _crop(slide, x: float, y: float, side: int) -> tuple[np.ndarray, float, float]:
     """A level-0 crop of ``side`` px centred on (x, y); returns it and the cell's position in it."""
-    x0, y0 = int(round(x - side / 2)), int(round(y - side / 2))
+    x0, y0 = round(x - side / 2), round(y - side / 2)
     crop = slide.read_region(0, x0, y0, side, side)
     return crop, x - x0, y - y0
 
@@ -82,7 +82,7 @@ def training_export_task(slide, cells: pd.DataFrame, rejected: pd.DataFrame, fol
         raise ValueError("nothing reviewed yet: confirm, correct or add cells (or remove wrong ones) first")
     name = Path(str(slide.path)).name
     stem = name.split(".")[0]
-    side = max(int(round(crop_um / mpp)), 8)
+    side = max(round(crop_um / mpp), 8)
     images, rows = {}, []
     for i, r in enumerate(todo.to_dict("records")):
         crop, cx, cy = _crop(slide, r["x"], r["y"], side)

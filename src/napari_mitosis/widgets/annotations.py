@@ -200,7 +200,7 @@ class DetectionReview:
                 if self._focus is not None:
                     selected_ids.add(self._focus)
                 idx = np.nonzero(df["id"].isin(selected_ids).to_numpy())[0]
-                layer.selected_data = set(int(i) for i in idx)
+                layer.selected_data = {int(i) for i in idx}
             layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
             layer.current_face_color = _hex(class_color(self.current_class))
             layer.current_border_color = _hex(STATUS_COLORS["added"][:3])
@@ -371,4 +371,4 @@ class DetectionReview:
 
 
 def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb[:3])

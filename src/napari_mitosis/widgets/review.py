@@ -27,11 +27,13 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -161,7 +163,16 @@ class ReviewWidget(QWidget):
         self.folder_button = QPushButton("Save review in…")
         self.folder_button.clicked.connect(self._folder_dialog)
 
-        layout = QVBoxLayout(self)
+        # the parts live in a scroll area: a short screen scrolls instead of squashing the buttons
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         box = QGroupBox("Slide")
         form = QFormLayout(box)
         form.addRow("Slide:", self.slide_label)
@@ -528,7 +539,7 @@ class ReviewWidget(QWidget):
             lines.append(f"hotspot (2.37 mm²{', clipped to the tissue' if hotspot.clipped else ''}): "
                          f"{hotspot.count} mitotic figures at x={hotspot.x:,.0f}, y={hotspot.y:,.0f} px")
         if region is not None:
-            (x, y, w, h), rr = region
+            (_x, _y, w, h), rr = region
             mf = rr[0]
             lines.append(f"drawn region ({w:,} x {h:,} px): {mf['count']} mitotic figures"
                          + (f" = {mf['per_2.37mm2']:.1f} per 2.37 mm²" if np.isfinite(mf["per_2.37mm2"]) else ""))
