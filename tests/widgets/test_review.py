@@ -267,3 +267,38 @@ def test_segment_nuclei_of_the_current_view(make_napari_viewer, qtbot, tmp_path)
     assert len(nuclei[0].features) > 10
     y0, x0 = nuclei[0].translate
     assert abs(x0 - x * layer.scale[1]) < 2 and abs(y0 - y * layer.scale[0]) < 2
+
+
+def test_heatmap_and_nucleus_types_show_over_the_slide_and_persist(make_napari_viewer, qtbot, tmp_path,
+                                                                   synthetic_slide_file):
+    steps = ReviewWidget.available_steps()
+    if steps["heatmap"] or steps["types"]:
+        pytest.skip(f"models not installed: {steps}")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    slide_path = _link(synthetic_slide_file, tmp_path / "slides")
+    layer = _open(viewer, slide_path)
+    _rectangle(viewer, layer, 400, 300, 600, 500)
+    widget.region.setCurrentText(REGION_RECTANGLE)
+    for key, box in widget.step_boxes.items():
+        box.setChecked(key in ("heatmap", "types"))
+    widget.nuclei_method.setCurrentText("log")
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert "done" in widget.status.text(), widget.status.text()
+    heat = viewer.layers[f"mitosis heatmap ({layer.name})"]
+    assert heat.data.min() >= 0 and heat.data.max() <= 1 and heat.opacity < 1
+    # it lies on the rectangle: its top-left corner in micrometres is the rectangle's
+    y0, x0 = np.asarray(heat.translate) - np.asarray(heat.scale) / 2
+    assert abs(x0 - 400 * layer.scale[1]) < 3 * heat.scale[1] and abs(y0 - 300 * layer.scale[0]) < 3 * heat.scale[0]
+    types = viewer.layers[f"nucleus types ({layer.name})"]
+    assert types.data.max() > 5
+    assert ":" in widget.types_label.text()  # legend with counts
+    paths = widget.export(tmp_path / "export")
+    typed = pd.read_csv(paths["nuclei_types"])
+    assert len(typed) > 5 and {"x", "y", "type"} <= set(typed.columns)
+    viewer.close()
+    viewer2 = make_napari_viewer()
+    widget2 = ReviewWidget(viewer2)
+    _open(viewer2, slide_path)
+    assert len(widget2.review.nuclei_types) == len(typed)

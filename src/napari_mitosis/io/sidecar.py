@@ -144,7 +144,7 @@ def find_sidecar(slide_path, identity: dict | None = None, folder=None) -> Path 
 
 
 # ------------------------------------------------------------------ read/write
-def _records(df: pd.DataFrame) -> list[dict]:
+def json_records(df: pd.DataFrame) -> list[dict]:
     out = []
     for r in df.to_dict("records"):
         clean = {}
@@ -165,8 +165,8 @@ def review_document(state, identity: dict, extra: dict | None = None) -> dict:
         "saved": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "slide": identity,
         "coordinates": "level-0 pixels",
-        "detections": _records(state.df),
-        "rejected": _records(state.rejected),
+        "detections": json_records(state.df),
+        "rejected": json_records(state.rejected),
         "thresholds": state.thresholds,
         **(extra or {}),
     }

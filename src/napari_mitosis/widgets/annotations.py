@@ -66,6 +66,7 @@ class DetectionReview:
         self.layer = None
         self.notes: list[str] = []
         self.regions: list = []  # analysed level-0 rectangles (None = all tissue)
+        self.nuclei_types = None  # typed nuclei (x, y level-0, type, type_name) of the typed regions
         self._syncing = False
         self._focus: int | None = None
         self.identity = sidecar.slide_identity(self.slide)
@@ -88,25 +89,28 @@ class DetectionReview:
             if "refusing" in str(exc):  # another slide's file: keep it, save this review elsewhere
                 self.path = self.path.with_name(f"{Path(self.slide.path).name}.{self.identity['fingerprint']}{sidecar.SUFFIX}")
             return
-        doc_regions = self._saved_regions()
-        self.regions = doc_regions
+        self.regions, self.nuclei_types = self._saved_extras()
         if note:
             self.notes.append(note)
         n = len(self.state.df)
         self.notes.append(f"restored {n:,} detection{'s' if n != 1 else ''} from {self.path.name}")
 
-    def _saved_regions(self) -> list:
+    def _saved_extras(self):
         import json
 
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
-            return [None if r is None else tuple(r) for r in doc.get("regions", [])]
         except (OSError, ValueError):
-            return []
+            return [], None
+        regions = [None if r is None else tuple(r) for r in doc.get("regions", [])]
+        types = pd.DataFrame(doc["nuclei_types"]) if doc.get("nuclei_types") else None
+        return regions, types
 
     def save(self) -> Path:
         """Write the review now (atomically). Falls back to the fallback folder if the folder is read-only."""
         extra = {"regions": [None if r is None else list(map(float, r)) for r in self.regions], "mpp": self.mpp}
+        if self.nuclei_types is not None:
+            extra["nuclei_types"] = sidecar.json_records(self.nuclei_types)
         try:
             return sidecar.save_review(self.path, self.state, self.identity, extra)
         except OSError as exc:
@@ -309,6 +313,18 @@ class DetectionReview:
         if region not in self.regions:
             self.regions.append(region)
             self._changed()
+
+    def set_nuclei_types(self, table):
+        """Keep the typed nuclei of a region (replacing earlier ones inside it) with the review."""
+        cols = [c for c in ("x", "y", "area_um2", "type", "type_name") if c in table.columns]
+        new = table[cols].copy()
+        old = self.nuclei_types
+        if old is not None and len(old) and len(new):
+            x0, x1, y0, y1 = new["x"].min(), new["x"].max(), new["y"].min(), new["y"].max()
+            keep = ~(old["x"].between(x0, x1) & old["y"].between(y0, y1))
+            new = pd.concat([old[keep], new], ignore_index=True)
+        self.nuclei_types = new
+        self._changed()
 
     def import_detections(self, df) -> int:
         """Add detections read from a file (their status kept); returns how many."""

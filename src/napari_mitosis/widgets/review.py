@@ -66,6 +66,13 @@ def found_devices() -> str:
 class ReviewWidget(QWidget):
     """Dock widget: run the analysis on a slide, review and count the detections, export."""
 
+    @staticmethod
+    def available_steps() -> dict:
+        """Step -> '' when it can run here, else why not."""
+        from ..pipeline.review import available_steps
+
+        return available_steps()
+
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -143,6 +150,9 @@ class ReviewWidget(QWidget):
         self.new_class.addItems(list(CLASSES))
         self.new_class.currentTextChanged.connect(self._class_changed)
         self.review_label = QLabel("-")
+        self.types_label = QLabel("-")
+        self.types_label.setWordWrap(True)
+        self.types_label.setToolTip("Nucleus types of the last typed region (unsupervised: name them by looking)")
         from .annotations import KEY_HELP
 
         keys = QLabel(KEY_HELP)
@@ -209,6 +219,7 @@ class ReviewWidget(QWidget):
         box = QGroupBox("Counts")
         form = QFormLayout(box)
         form.addRow(self.counts_label)
+        form.addRow("Nucleus types:", self.types_label)
         layout.addWidget(box)
         box = QGroupBox("Files")
         form = QFormLayout(box)
@@ -426,20 +437,20 @@ class ReviewWidget(QWidget):
         self._keep_detections_on_top()
 
     def _show_types(self, result, layer):
-        from ..pipeline.typing import labels_layer_colors
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from ..pipeline.nuclei import as_layer_data
+        from ..pipeline.typing import labels_colormap, legend_text
 
         labels, table = result
         name = f"nucleus types ({layer.name})"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        from ..pipeline.nuclei import as_layer_data
-
         data, kwargs, _ = as_layer_data(labels, table, name=name)
         ly = self.viewer.add_labels(data, units=layer.units, **kwargs)
-        ly.colormap = labels_layer_colors(table)
-        counts = table["type_name"].value_counts()
-        self.status.setText("nucleus types: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        self._keep_detections_on_top()
+        ly.colormap = DirectLabelColormap(color_dict=labels_colormap(table))
+        self.review.set_nuclei_types(table)
+        self.types_label.setText(legend_text(table))
 
     def _keep_detections_on_top(self):
         r = self.review
@@ -570,12 +581,19 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ files
     def export(self, folder) -> dict:
-        """Write ``counts.csv``, ``detections.csv`` and ``detections.geojson`` into ``folder``."""
+        """Write ``counts.csv``, ``detections.csv``, ``detections.geojson`` (and ``nuclei_types.csv``
+        when nuclei were typed) into ``folder``."""
+        folder = Path(folder)
         from ..pipeline.export import write_review_files
 
         r = self.review
         rows, hotspot, area, _ = self.counts()
         paths = write_review_files(folder, r.state.detections(), rows, hotspot, area, r.mpp, Path(r.slide.path).name)
+        if r.nuclei_types is not None and len(r.nuclei_types):
+            from ..io.detections import atomic_write_text
+
+            paths["nuclei_types"] = atomic_write_text(folder / "nuclei_types.csv",
+                                                      r.nuclei_types.to_csv(index=False, float_format="%.6g"))
         self.status.setText(f"exported {len(r.state.df):,} detections and counts to {folder}")
         return paths
 
