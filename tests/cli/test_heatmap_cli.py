@@ -14,6 +14,18 @@ from napari_mitosis.cli import main
 from napari_mitosis.core.synthetic import SyntheticHE
 
 
+def _shipped_geometry():
+    """Map stride and minimum input (working px) of the shipped ``mitosis-mil`` (2 stages: 8 and 16)."""
+    from napari_mitosis.models.mil import min_input
+    from napari_mitosis.models.registry import read_spec
+
+    stages = read_spec("mitosis-mil").config["stages"]
+    return 2 ** (stages + 1), min_input(stages)
+
+
+STRIDE, MIN_INPUT = _shipped_geometry()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
@@ -39,12 +51,12 @@ def test_heatmap_writes_a_float_tiff_and_a_peaks_table(tissue_png, tmp_path, cap
                "--threshold", "0.0"])
     assert rc == 0
     heat = tifffile.imread(out)
-    # 300 x 420 px at 0.25 um/px = 150 x 210 working px = 10 x 14 map px, up-sampled 4x
-    assert heat.dtype == np.float32 and heat.shape == (10 * 4, 14 * 4)
+    # 300 x 420 px at 0.25 um/px = 150 x 210 working px = ceil(150 / STRIDE) x ceil(210 / STRIDE) map px, up-sampled 4x
+    assert heat.dtype == np.float32 and heat.shape == (-(-150 // STRIDE) * 4, -(-210 // STRIDE) * 4)
     assert 0 <= heat.min() and heat.max() <= 1
     with tifffile.TiffFile(out) as tif:
         meta = json.loads(tif.pages[0].description)
-    assert meta["level0_px_per_heatmap_px"] == pytest.approx(8.0)
+    assert meta["level0_px_per_heatmap_px"] == pytest.approx(STRIDE / 2)
     peaks = pd.read_csv(csv)
     assert list(peaks.columns[:3]) == ["x", "y", "score"] and len(peaks) >= 1  # threshold 0: everything is one blob
     assert "heatmap" in capsys.readouterr().out
@@ -53,14 +65,15 @@ def test_heatmap_writes_a_float_tiff_and_a_peaks_table(tissue_png, tmp_path, cap
 def test_heatmap_roi_as_png(tissue_png, tmp_path):
     out = tmp_path / "roi.png"
     assert main(["heatmap", str(tissue_png), "--mpp", "0.25", "--roi", "64,32,256,192", "--out", str(out)]) == 0
-    assert imread(out).shape == (6 * 4, 8 * 4)  # 256 x 192 level-0 px = 128 x 96 working px = 8 x 6 map px
+    # 256 x 192 level-0 px = 128 x 96 working px = 128 / STRIDE x 96 / STRIDE map px, up-sampled 4x
+    assert imread(out).shape == (96 // STRIDE * 4, 128 // STRIDE * 4)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([], "--mpp"),
-        (["--mpp", "0.25", "--roi", "0,0,30,30"], "at least 32 px"),
+        (["--mpp", "0.25", "--roi", "0,0,10,10"], f"at least {MIN_INPUT} px"),
         (["--mpp", "0.25", "--roi", "9000,9000,50,50"], "outside the slide"),
     ],
 )

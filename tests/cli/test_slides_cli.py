@@ -66,6 +66,13 @@ def test_demo_makes_its_synthetic_slide(tmp_path):
     in_field = truth[truth.x.between(x, x + w) & truth.y.between(y, y + h)]
     assert 0.7 * len(in_field) < len(nuclei) < 1.3 * len(in_field)  # about one nucleus per true cell
     assert len(scores) == len(nuclei) and {"p_mitotic_figure", "class"} <= set(scores.columns)
+    # and analyses the whole slide as `napari-mitosis analyze` does
+    analysis = pd.read_csv(out / "analysis" / "summary.csv")
+    assert analysis.status[0] == "ok" and summary["analysis_mitotic_figures"] == analysis.mitotic_figures[0]
+    (folder,) = [p for p in (out / "analysis").iterdir() if p.is_dir()]
+    det = pd.read_csv(folder / "detections.csv")
+    assert len(det) == analysis.mitotic_figures[0] + analysis.granulocytes[0]
+    assert (folder / "overview.png").exists() and (folder / "detections.geojson").exists()
 
 
 @pytest.mark.gui

@@ -243,8 +243,11 @@ def test_shipped_model_loads_and_is_small():
     from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
 
     net, spec = load_model("mitosis-mil", device="cpu")
-    assert spec.task == "heatmap" and spec.mpp == 0.5 and net.mode == "instance_max" and net.stages == 3
+    # the default has 2 residual stages (it localised better here, docs/mil.md); the paper's 3-stage one is kept
+    assert spec.task == "heatmap" and spec.mpp == 0.5 and net.mode == "instance_max" and net.stages == 2
     assert 0 < spec.thresholds["map"] < 1
+    paper, paper_spec = load_model("mitosis-mil-paper", device="cpu")
+    assert paper.stages == 3 and paper_spec.name == "mitosis-mil-paper" and paper_spec.task == "heatmap"
     assert (WEIGHTS_DIR / "mitosis-mil.pt").stat().st_size < 5e6
     card = (WEIGHTS_DIR / "mitosis-mil.md").read_text()
     assert "napari-mitosis train mil" in card and "A03_02" in card

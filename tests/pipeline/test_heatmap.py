@@ -20,6 +20,18 @@ from napari_mitosis.pipeline.progress import run
 from tests.conftest import shared_file
 
 
+def _shipped_geometry():
+    """Map stride and minimum input (working px) of the shipped ``mitosis-mil`` (2 stages: 8 and 16)."""
+    from napari_mitosis.models.mil import min_input
+    from napari_mitosis.models.registry import read_spec
+
+    stages = read_spec("mitosis-mil").config["stages"]
+    return 2 ** (stages + 1), min_input(stages)
+
+
+STRIDE, MIN_INPUT = _shipped_geometry()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
@@ -42,9 +54,9 @@ def test_heatmap_of_an_image_covers_it_and_is_a_probability(tissue):
     heat, attrs = res
     assert heat.dtype == np.float32 and heat.ndim == 2
     assert float(heat.min()) >= 0 and float(heat.max()) <= 1
-    # 0.25 um/px -> 0.5 um/px working; one map px = 16 working px; up-sampled 4x: 8 level-0 px per heatmap px
-    assert attrs["downsample"] == pytest.approx(8.0) and attrs["mpp"] == pytest.approx(2.0)
-    assert heat.shape == (int(np.ceil(200 / 16)) * 4, int(np.ceil(280 / 16)) * 4)
+    # 0.25 um/px -> 0.5 um/px working; one map px = STRIDE working px; up-sampled 4x: STRIDE / 2 level-0 px per heatmap px
+    assert attrs["downsample"] == pytest.approx(STRIDE / 2) and attrs["mpp"] == pytest.approx(STRIDE / 8)
+    assert heat.shape == (int(np.ceil(200 / STRIDE)) * 4, int(np.ceil(280 / STRIDE)) * 4)
     assert attrs["origin"] == (0, 0) and attrs["stain_normalised"]
     assert 0 < attrs["threshold"] < 1
 
@@ -107,7 +119,7 @@ def test_peaks_are_level0_candidates_with_scores():
     ("kwargs", "message"),
     [
         ({"roi": (5000, 5000, 10, 10)}, "outside the slide"),
-        ({"roi": (0, 0, 40, 40)}, "at least 32 px"),
+        ({"roi": (0, 0, 10, 10)}, f"at least {MIN_INPUT} px"),
         ({"mpp": 9.0}, "um/px"),
         ({"tile": 100}, "multiple of 16"),
     ],

@@ -11,11 +11,12 @@ import argparse
 import sys
 
 from .. import __version__
-from . import classify, nuclei, slides, stain, train
+from . import classify, detect, heatmap, nuclei, slides, stain, train
+from . import typing as typing_cli
 
 #: Modules that add sub-commands, in help order; ``train`` comes last (it
 #: collects the trainers the others add).
-COMMAND_MODULES = [slides, stain, nuclei, classify, train]
+COMMAND_MODULES = [slides, stain, nuclei, classify, typing_cli, heatmap, detect, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,7 +83,9 @@ def cmd_demo(args) -> int:
         bar.close()
     for key, value in summary.items():
         print(f"  {key}: {value}")
-    print(f"results written to {out.resolve()}/ (overview.png, tissue_mask.png, nuclei.csv, scores.csv, counts.csv, slide_info.json)")
+    print(f"results written to {out.resolve()}/ (overview.png, tissue_mask.png, nuclei.csv, scores.csv, counts.csv, "
+          "slide_info.json; the whole-slide analysis in analysis/: summary.csv and one folder per slide with "
+          "detections.csv, detections.geojson, counts.csv, overview.png)")
     if args.gui:
         return _open_gui(slide_path, args.mpp)
     return 0

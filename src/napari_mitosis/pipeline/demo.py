@@ -31,7 +31,8 @@ def synthetic_slide_path(
     return path, synth
 
 
-def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region: int = 1024) -> Task:
+def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region: int = 1024,
+              analyze: bool = True, workers: int = 2) -> Task:
     """What the demo runs on a slide: open it, detect tissue, segment and classify the
     nuclei of a ``region`` x ``region`` px field in the middle of the tissue, write results.
 
@@ -39,7 +40,10 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region:
     ``overview.png`` (tissue outlined in green, ground-truth mitoses in red
     and granulocytes in orange when known), ``nuclei.csv`` (the field's
     nuclei), ``scores.csv`` (their class probabilities), ``counts.csv`` and,
-    for a synthetic slide, ``ground_truth.csv``.
+    for a synthetic slide, ``ground_truth.csv``. With ``analyze`` (and a known pixel
+    size) the whole slide is then analysed as ``napari-mitosis analyze`` does, into
+    ``out_dir/analysis/`` (detections, counts per 2.37 mm2, hotspot, overview,
+    summary.csv); with ground truth, detection precision and recall at 7.5 um are added.
 
     Returns
     -------
@@ -106,9 +110,46 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region:
         import pandas as pd
 
         pd.DataFrame([summary]).to_csv(out / "counts.csv", index=False)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if analyze and summary["mpp"] is not None:
+        from .analyze import analyze_task
+
+        rows = yield from as_step(analyze_task([slide_path], out / "analysis", mpp=mpp, workers=workers), 2, 2)
+        r = rows.iloc[0]
+        summary["analysis_folder"] = str(out / "analysis")
+        for key in ("status", "mitotic_figures", "mitotic_per_2.37mm2", "hotspot_mitotic", "hotspot_per_2.37mm2",
+                    "granulocytes", "seconds"):
+            v = r[key]
+            summary[f"analysis_{key}"] = v.item() if hasattr(v, "item") else v
+        if cells is not None and r["status"] != "error":
+            from ..io.detections import read_csv
+
+            det = read_csv(Path(r["out"]) / "detections.csv")
+            summary.update(_detection_scores(det, cells, summary["mpp"]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     yield Progress(3, 3, "done")
     return summary
+
+
+def _detection_scores(det, cells, mpp: float, radius_um: float = 7.5) -> dict:
+    """Precision and recall of the detected mitotic figures against the synthetic truth (one-to-one, 7.5 um)."""
+    from scipy.spatial import cKDTree
+
+    out = {}
+    for cls in ("mitotic_figure", "granulocyte"):
+        d = det[det["class"] == cls].sort_values("score", ascending=False)[["x", "y"]].to_numpy(float)
+        t = cells[cells["class"] == cls][["x", "y"]].to_numpy(float)
+        tp = 0
+        if len(d) and len(t):
+            tree, used = cKDTree(t), np.zeros(len(t), bool)
+            for p in d:
+                for j in tree.query_ball_point(p, radius_um / mpp):
+                    if not used[j]:
+                        used[j] = True
+                        tp += 1
+                        break
+        out[f"detect_{cls}_precision"] = round(tp / len(d), 3) if len(d) else None
+        out[f"detect_{cls}_recall"] = round(tp / len(t), 3) if len(t) else None
+    return out
 
 
 def tissue_field(slide, tissue, size: int) -> tuple[int, int, int, int]:

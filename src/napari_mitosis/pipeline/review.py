@@ -25,7 +25,7 @@ STEP_NAMES = {
     "nuclei": "Nuclei (segmentation)",
     "cells": "Cells (mitotic figures, granulocytes)",
     "heatmap": "Mitosis heatmap (weakly supervised)",
-    "types": "Nucleus types (unsupervised)",
+    "types": "Nucleus types (unsupervised, exploratory)",
 }
 _SCALE = 1000
 

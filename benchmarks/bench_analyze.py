@@ -1,0 +1,238 @@
+"""Throughput and memory of ``analyze`` (detection + counting) against plain tile decoding.
+
+Three measurements, each written to ``benchmarks/analyze_results.json`` (merged):
+
+``throughput SLIDE``
+    Megapixels of slide per second for ``analyze`` (2 worker threads) and, in the
+    same run, for just decoding every level-0 tile of the same slide with tifffile
+    (2 threads): the ratio is the figure of merit (target: analyze >= 1/3 of decode).
+
+``memory``
+    Peak resident memory of ``napari-mitosis analyze`` on generated slides of
+    1 and 4 gigapixels (``--sizes``), each in a fresh process, against the memory
+    of the process after loading the model: flat when memory is bounded by the
+    tiles in flight. The 1 GP slide has tissue in a quarter of its 8192 px blocks,
+    the 4 GP slide in a sixteenth (so both have ~0.27 GP of tissue to analyse, on
+    2 CPU cores, and differ in slide size only: what must not matter).
+
+``make-real``
+    A large real-tissue slide: the 61 MITOS-ATYPIA-14 frames of ../shared/data,
+    flipped/rotated and tiled into a 16 x 16 grid, written as a pyramidal
+    JPEG OME-TIFF at their recorded pixel size (0.2455 um/px); 24624 x 22016 px.
+
+Usage::
+
+    python benchmarks/bench_analyze.py make-real
+    python benchmarks/bench_analyze.py throughput benchmarks/data/real_mitos_grid.ome.tif
+    python benchmarks/bench_analyze.py throughput benchmarks/data/synthetic_10k.ome.tif
+    python benchmarks/bench_analyze.py memory --sizes 32768 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = HERE / "analyze_results.json"
+sys.path.insert(0, str(HERE))
+
+
+def _save(key, value):
+    res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    res[key] = value
+    RESULTS.write_text(json.dumps(res, indent=2, default=float))
+
+
+def decode_rate(path, threads: int = 2) -> dict:
+    """Decode every level-0 tile with tifffile (``threads`` threads); megapixels per second."""
+    import tifffile
+
+    t0 = time.perf_counter()
+    n = 0
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].levels[0].pages[0]
+        h, w = page.shape[:2]
+        for _seg, _idx, _shape in page.segments(maxworkers=threads):
+            n += 1
+    dt = time.perf_counter() - t0
+    return {"tiles": n, "seconds": dt, "megapixels": h * w / 1e6, "mp_per_s": h * w / 1e6 / dt}
+
+
+def cmd_throughput(args):
+    import torch
+
+    from napari_mitosis.io import open_slide
+    from napari_mitosis.pipeline.analyze import analyze_task
+    from napari_mitosis.pipeline.detect import make_params
+    from napari_mitosis.pipeline.progress import run
+
+    torch.set_num_threads(1)
+    path = Path(args.slide)
+    with open_slide(path) as s:
+        shape = s.shape
+    dec = decode_rate(path, args.workers)
+    print(f"decode: {dec['mp_per_s']:.1f} MP/s ({dec['seconds']:.1f} s)", flush=True)
+    params = make_params(device="cpu", torch_threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = run(analyze_task([path], tmp, workers=args.workers, params=params))
+        dt = time.perf_counter() - t0
+        det_json = json.loads((Path(summary.out[0]) / "summary.json").read_text())
+    mp = shape[0] * shape[1] / 1e6
+    res = {"slide": path.name, "shape": list(shape), "megapixels": mp, "workers": args.workers,
+           "cpu_count": os.cpu_count(), "load_avg_1min_at_end": os.getloadavg()[0],
+           "decode": dec, "analyze_seconds": dt, "analyze_mp_per_s": mp / dt,
+           "ratio_analyze_to_decode": (mp / dt) / dec["mp_per_s"], "summary": det_json}
+    print(json.dumps({k: v for k, v in res.items() if k != "summary"}, indent=1, default=float), flush=True)
+    _save(f"throughput/{path.name}", res)
+    # decode again after: the page cache is warm for both, so neither is favoured by order
+    res["decode_after"] = decode_rate(path, args.workers)
+    _save(f"throughput/{path.name}", res)
+
+
+def _gp_slide(size: int, tissue_fraction: float) -> Path:
+    from make_slides import BLOCK, make_render, render_pool
+
+    from napari_mitosis.io.pyramid_writer import write_pyramid
+
+    path = DATA / f"analyze_{size}_{int(tissue_fraction * 100)}pct.ome.tif"
+    if path.exists():
+        return path
+    pool = render_pool(8)
+    full = make_render(pool, size)
+    big = 8192
+
+    def render(y0, rows):
+        out = full(y0, rows)
+        if tissue_fraction >= 1:
+            return out
+        k = int(round(1 / tissue_fraction))
+        for bx in range(-(-size // big)):
+            by = y0 // big
+            keep = ((bx + 3 * by) % k) == 0  # 1 in k of the 8192 px blocks is tissue
+            if not keep:
+                out[:, bx * big : (bx + 1) * big] = 243
+        return out
+
+    t0 = time.perf_counter()
+    write_pyramid(path, (size, size), render, mpp=0.25, tile=256, compression="jpeg", quality=90)
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s", flush=True)
+    assert BLOCK == 1024
+    return path
+
+
+_CHILD = r"""
+import json, resource, sys, threading, time
+import torch
+torch.set_num_threads(1)
+from napari_mitosis.pipeline.analyze import analyze_task
+from napari_mitosis.pipeline.detect import make_params, load_classifier
+from napari_mitosis.pipeline.progress import run
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+load_classifier("cell-gstn", "cpu")
+base = rss_mb()
+peak = [base]
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.1)
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+summary = run(analyze_task([sys.argv[1]], sys.argv[2], workers=2, params=make_params(device="cpu", torch_threads=1)))
+stop.set()
+print(json.dumps({"rss_after_model_load_mb": base, "peak_rss_mb": max(peak[0], rss_mb()),
+                  "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": time.perf_counter() - t, "summary": summary.iloc[0].to_dict()}, default=str))
+"""
+
+
+def cmd_memory(args):
+    out = {}
+    for size in args.sizes:
+        frac = 0.25 if size <= 40000 else 0.0625
+        path = _gp_slide(size, frac)
+        with tempfile.TemporaryDirectory() as tmp:
+            p = subprocess.run([sys.executable, "-c", _CHILD, str(path), tmp], check=False, capture_output=True, text=True)
+        if p.returncode:
+            print(p.stderr[-3000:])
+            raise SystemExit(p.returncode)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r.update(gigapixels=size * size / 1e9, tissue_fraction=frac, slide=path.name)
+        print(json.dumps({k: v for k, v in r.items() if k != "summary"}, default=float), flush=True)
+        out[str(size)] = r
+        _save("memory", out)
+
+
+def cmd_make_real(args):
+    from skimage.io import imread
+
+    from napari_mitosis.io.pyramid_writer import write_pyramid
+
+    frames = sorted((SHARED / "mitosis" / "mitos_atypia14" / "frames").glob("*.jpg"))
+    if not frames:
+        raise SystemExit(f"{SHARED}: MITOS-ATYPIA-14 frames not found")
+    imgs = [imread(f)[..., :3] for f in frames]
+    fh, fw = min(i.shape[0] for i in imgs), min(i.shape[1] for i in imgs)
+    imgs = [i[:fh, :fw] for i in imgs]
+    n = args.grid
+    H, W = n * fh, n * fw
+    path = DATA / "real_mitos_grid.ome.tif"
+
+    def frame_at(r, c):
+        k = (r * n + c) * 7919 % len(imgs)
+        v = imgs[k]
+        if (r + c) % 2:
+            v = v[::-1]
+        if (r // 2 + c) % 3 == 1:
+            v = v[:, ::-1]
+        return v
+
+    def render(y0, rows):
+        out = np.empty((rows, W, 3), np.uint8)
+        y = y0
+        while y < y0 + rows:
+            r, py = divmod(y, fh)
+            k = min(fh - py, y0 + rows - y)
+            for c in range(n):
+                out[y - y0 : y - y0 + k, c * fw : (c + 1) * fw] = frame_at(r, c)[py : py + k]
+            y += k
+        return out
+
+    t0 = time.perf_counter()
+    write_pyramid(path, (H, W), render, mpp=0.2455, tile=256, compression="jpeg", quality=90)
+    print(f"wrote {path}: {W} x {H} px ({H * W / 1e6:.0f} MP) in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("slide")
+    t.add_argument("--workers", type=int, default=2)
+    t.set_defaults(func=cmd_throughput)
+    m = sub.add_parser("memory")
+    m.add_argument("--sizes", type=int, nargs="+", default=[32768, 65536])
+    m.set_defaults(func=cmd_memory)
+    r = sub.add_parser("make-real")
+    r.add_argument("--grid", type=int, default=16)
+    r.set_defaults(func=cmd_make_real)
+    a = ap.parse_args()
+    a.func(a)

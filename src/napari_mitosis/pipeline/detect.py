@@ -1,0 +1,641 @@
+"""Whole-slide detection of mitotic figures and granulocytes, tile by tile.
+
+Pipeline (per tile; tiles are independent tasks, see :mod:`.analyze`)::
+
+    tissue mask -> tiles of TILE_UM um (with a halo) -> optional stain normalisation
+      -> candidates: hematoxylin blobs read at SCREEN_MPP (0.5 um/px, a coarse pyramid
+         level), screened by darkness (condensed chromatin) or eosin around them
+         (granulocyte cytoplasm), and/or heatmap peaks
+      -> cell-gstn on a 32 x 32 um crop (0.25 um/px) around each screened candidate:
+         class probabilities and the localised cell position
+      -> per-class probability thresholds -> non-maximum suppression by distance
+      -> detections: x, y (level-0 px), class, score, status (io/detections schema)
+
+Only the screened candidates are read at full resolution and sent through the
+network, so most of a slide is decoded only at the screening level; the
+screening thresholds trade speed for recall and are chosen on validation data
+together with the class thresholds (``detect_*`` keys of the model's spec,
+``cell-gstn.json``; see docs/detection.md).
+
+A tile keeps the candidates whose position lies in its core; the halo gives
+the filters context, so results do not depend on where the seams fall.
+Localised positions may cross a seam, hence a last, global NMS over all tiles.
+
+:func:`detect_task` is the in-process entry point (the napari widget): a
+generator yielding :class:`~.progress.Progress` with ``partial`` = the
+detections of the tile just finished, cancellable by closing it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from ..io.detections import check_detections, empty_detections
+from .progress import Progress, Task
+
+#: Pixel size of the classifier's input (um/px).
+WORK_MPP = 0.25
+#: Pixel size candidates are screened at (um/px).
+SCREEN_MPP = 0.5
+#: Side of a tile core (um) and its halo (um).
+TILE_UM = 512.0
+HALO_UM = 16.0
+#: Detection classes, in the order of the table.
+DETECT_CLASSES = ("mitotic_figure", "granulocyte")
+#: Default detection thresholds (overridden by ``detect_*`` keys of the model spec's thresholds).
+#: The values are those chosen on validation data for cell-gstn (benchmarks/eval_detection.py,
+#: docs/detection.md): screening and mitosis thresholds on MITOS-ATYPIA-14 frames, granulocyte
+#: ones on EoE tiles.
+DEFAULT_THRESHOLDS = {
+    "detect_nucleus_od": 0.25,  # min smoothed hematoxylin OD of a blob to be a nucleus
+    "detect_screen_dark": 1.4,  # darkness / tile's 90th percentile: to the network (mitosis screening)
+    "detect_screen_gran_dark": 0.9,  # ... or at least this dark (relative) and
+    "detect_screen_eosin": 1.0,  # ... with this much eosin around it (relative; granulocyte screening)
+    "detect_mitotic_figure": 0.775,  # min probability of a mitotic figure
+    "detect_granulocyte": 0.95,  # min probability of a granulocyte
+    "detect_nms_um": 6.0,  # detections closer than this are one cell
+}
+CANDIDATE_MODES = ("nuclei", "heatmap", "both")
+#: Slide pixel sizes accepted (um/px).
+MPP_RANGE = (0.05, 2.0)
+
+
+class DetectError(ValueError):
+    """Detection cannot run on this input; the message says what is wrong and what to do."""
+
+
+# ------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class DetectParams:
+    """Everything a tile task needs besides the slide (plain data, picklable)."""
+
+    model: str = "cell-gstn"
+    device: str = "cpu"
+    candidates: str = "nuclei"
+    tile_um: float = TILE_UM
+    halo_um: float = HALO_UM
+    screen_mpp: float = SCREEN_MPP
+    thresholds: dict = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    batch: int = 64
+    normalizer: object = None  # a fitted StainNormalizer, or None
+    norm_source: object = None  # its source statistics for this slide
+    torch_threads: int = 0  # > 0: set torch's threads in the task (worker processes)
+    model_folder: str | None = None  # a folder with the model's weights (default: the shipped ones)
+
+    def thr(self, key: str) -> float:
+        return float(self.thresholds.get(key, DEFAULT_THRESHOLDS[key]))
+
+
+def model_thresholds(model: str = "cell-gstn", folder=None) -> dict:
+    """The detection thresholds: defaults, then the ``detect_*`` keys of the model's spec."""
+    from ..models.registry import WEIGHTS_DIR, read_spec
+
+    thr = dict(DEFAULT_THRESHOLDS)
+    try:
+        spec = read_spec(model, Path(folder) if folder else WEIGHTS_DIR)
+    except Exception:  # noqa: BLE001 -- no or unreadable spec: the defaults
+        return thr
+    thr.update({k: float(v) for k, v in (spec.thresholds or {}).items() if k.startswith("detect_")})
+    return thr
+
+
+# ------------------------------------------------------------------------ models (cached per process)
+_MODEL_CACHE: dict = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | None = None):
+    """(net, spec), loaded once per process."""
+    from ..models.registry import WEIGHTS_DIR, ModelError, load_model, resolve_device
+
+    key = (name, str(resolve_device(device)), folder)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            try:
+                _MODEL_CACHE[key] = load_model(name, device=device, folder=Path(folder) if folder else WEIGHTS_DIR)
+            except ModelError as exc:
+                raise DetectError(str(exc)) from exc
+    return _MODEL_CACHE[key]
+
+
+# ------------------------------------------------------------------------ candidates
+def _eosin_od(od: np.ndarray) -> np.ndarray:
+    from ..core.nuclei import _DECONV
+
+    e = od @ _DECONV[:, 1]
+    return np.maximum(e, 0.0, out=e)
+
+
+def screen_features(rgb: np.ndarray, mpp: float, nucleus_od: float = DEFAULT_THRESHOLDS["detect_nucleus_od"]) -> pd.DataFrame:
+    """Hematoxylin blobs of an RGB image and the features that screen them.
+
+    Returns a DataFrame with ``x, y`` (pixels of ``rgb``), ``dark`` (hematoxylin
+    OD smoothed over ~1 um at the blob: condensed chromatin is darkest) and
+    ``eosin`` (eosin OD smoothed over ~3 um: the granular cytoplasm of
+    eosinophils), both relative to their 90th percentile over the image's blobs,
+    one row per local maximum of the smoothed hematoxylin at least 3 um from a
+    brighter one and above ``nucleus_od``.
+
+    Examples
+    --------
+    >>> from napari_mitosis.core.synthetic import SyntheticHE
+    >>> rgb, _ = SyntheticHE(shape=(400, 400), mpp=0.5, seed=1, tissue="full").render(0, 0, 400, 400)
+    >>> f = screen_features(rgb, 0.5)
+    >>> len(f) > 20, list(f.columns)
+    (True, ['x', 'y', 'dark', 'eosin'])
+    """
+    from ..core.nuclei import _DECONV
+    from ..core.stain import rgb_to_od
+
+    od = rgb_to_od(rgb)
+    h = np.maximum(od @ _DECONV[:, 0], 0.0)
+    hs = ndi.gaussian_filter(h, 1.0 / mpp)
+    size = 2 * int(round(3.0 / mpp)) + 1
+    peaks = (hs == ndi.maximum_filter(hs, size=size)) & (hs > nucleus_od)
+    ys, xs = np.nonzero(peaks)
+    if len(ys) == 0:
+        return pd.DataFrame({"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)})
+    es = ndi.gaussian_filter(_eosin_od(od), 3.0 / mpp)
+    dark, eos = hs[ys, xs].astype(float), es[ys, xs].astype(float)
+    # relative to the tile's nuclei (stains differ between labs): darkness and eosin over their
+    # 90th percentile; with few blobs, at least typical values so that a few pale nuclei stay pale
+    few = len(dark) < 30
+    qd = max(np.percentile(dark, 90), 1.0) if few else np.percentile(dark, 90)
+    qe = max(np.percentile(eos, 90), 0.4) if few else np.percentile(eos, 90)
+    return pd.DataFrame({"x": xs.astype(float), "y": ys.astype(float), "dark": dark / max(qd, 1e-3),
+                         "eosin": eos / max(qe, 1e-3)})
+
+
+def screen(features: pd.DataFrame, dark: float, gran_dark: float, eosin: float) -> np.ndarray:
+    """Which blobs go to the network: dark enough (mitosis), or fairly dark in eosinophilic surroundings (granulocyte)."""
+    return ((features["dark"] >= dark) | ((features["dark"] >= gran_dark) & (features["eosin"] >= eosin))).to_numpy()
+
+
+def nms(xy: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy non-maximum suppression by distance: indices kept, best score first.
+
+    >>> nms(np.array([[0, 0], [3, 0], [10, 0]]), np.array([0.5, 0.9, 0.7]), radius=5)
+    array([1, 2])
+    """
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    n = len(xy)
+    if n == 0:
+        return np.zeros(0, int)
+    from scipy.spatial import cKDTree
+
+    order = np.lexsort((xy[:, 1], xy[:, 0], -np.asarray(scores, float)))  # ties: deterministic
+    tree = cKDTree(xy)
+    removed = np.zeros(n, bool)
+    keep = []
+    for i in order:
+        if removed[i]:
+            continue
+        keep.append(i)
+        for j in tree.query_ball_point(xy[i], radius):
+            removed[j] = True
+    return np.sort(np.asarray(keep, int))
+
+
+# ------------------------------------------------------------------------ one tile
+def _check_mpp(slide, mpp=None) -> float:
+    m = slide.mpp if mpp is None else mpp
+    if m is None:
+        raise DetectError(
+            f"{slide.path}: the pixel size is unknown, so cells cannot be measured at the classifier's 0.25 um/px; "
+            "pass it (napari-mitosis detect --mpp 0.25, or open_slide(path, mpp=0.25))"
+        )
+    if not (np.isfinite(m) and MPP_RANGE[0] <= m <= MPP_RANGE[1]):
+        raise DetectError(
+            f"{slide.path}: pixel size {m:.4g} um/px is outside {MPP_RANGE[0]}-{MPP_RANGE[1]} um/px, where cells can be "
+            "classified; if the recorded value is wrong pass the true one with --mpp"
+        )
+    return float(m)
+
+
+def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):
+    """128 x 128 inputs around level-0 points; returns inputs, origins, level-0 px per input px."""
+    from .classify import _to_input
+
+    field_l0 = size * net_mpp / slide_mpp
+    level = slide.best_level_for_downsample(field_l0 / size)
+    ds = slide.level_downsamples[level]
+    side = max(int(round(field_l0 / ds)), 1)
+    n = len(xy)
+    inputs = np.zeros((n, size, size, 3), np.float32)
+    origin = np.round(xy - field_l0 / 2 + 0.5).astype(np.int64)
+    if n == 0:
+        return inputs, origin, side * ds / size
+    # one read of the box around all points when that is cheaper than one read per point
+    bx0, by0 = origin.min(0)
+    bx1, by1 = origin.max(0) + int(math.ceil(side * ds))
+    box_px = ((bx1 - bx0) / ds + 1) * ((by1 - by0) / ds + 1)
+    if box_px < n * side * side * 2 and abs(ds - round(ds)) < 1e-6:
+        lx0, ly0 = int(math.floor(bx0 / ds)), int(math.floor(by0 / ds))
+        big = slide.read_region(level, int(round(lx0 * ds)), int(round(ly0 * ds)),
+                                int(math.ceil((bx1 - bx0) / ds)) + side + 2, int(math.ceil((by1 - by0) / ds)) + side + 2)
+        for i, (ox, oy) in enumerate(origin):
+            cx, cy = int(round(ox / ds)) - lx0, int(round(oy / ds)) - ly0
+            inputs[i] = _to_input(big[cy : cy + side, cx : cx + side], size)
+    else:
+        for i, (ox, oy) in enumerate(origin):
+            inputs[i] = _to_input(slide.read_region(level, int(ox), int(oy), side, side), size)
+    return inputs, origin, side * ds / size
+
+
+def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParams):
+    """cell-gstn probabilities (N, classes) and localised level-0 positions (N, 2) of level-0 points."""
+    import torch
+
+    from ..models.gstn import theta_to_xy
+
+    net, spec = load_classifier(params.model, params.device, params.model_folder)
+    size = int(spec.patch_size)
+    inputs, origin, f = _crops(slide, xy, slide_mpp, size, float(spec.mpp))
+    if params.normalizer is not None and len(inputs):
+        for i in range(len(inputs)):
+            img = (inputs[i] * 255 + 0.5).astype(np.uint8)
+            inputs[i] = params.normalizer.transform(img, source=params.norm_source, mpp=float(spec.mpp)).astype(np.float32) / 255
+    n = len(inputs)
+    probs = np.zeros((n, len(spec.classes)), np.float32)
+    loc = np.full((n, 2), np.nan, np.float32)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        for i in range(0, n, params.batch):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + params.batch].transpose(0, 3, 1, 2))).to(device)
+            logits, theta = net(x)
+            probs[i : i + params.batch] = torch.softmax(logits, 1).cpu().numpy()
+            if theta is not None:
+                px, py = theta_to_xy(theta.cpu())
+                loc[i : i + params.batch] = torch.stack([px, py], 1).numpy()
+    out = origin + (loc + 0.5) * f - 0.5
+    bad = ~np.isfinite(out).all(1) | (np.hypot(*(out - xy).T) * slide_mpp > 10.0)  # the localiser wandered off
+    out[bad] = xy[bad]
+    return probs, out, list(spec.classes)
+
+
+def decide(probs: np.ndarray, classes: list, params: DetectParams) -> tuple[np.ndarray, np.ndarray]:
+    """Class (or '' for none) and score per cell from per-class probability thresholds."""
+    n = len(probs)
+    cls = np.full(n, "", dtype=object)
+    score = np.zeros(n)
+    best = np.zeros(n)
+    for c in DETECT_CLASSES:
+        if c not in classes:
+            continue
+        p = probs[:, classes.index(c)]
+        t = params.thr(f"detect_{c}")
+        ok = (p >= t) & (p / max(t, 1e-6) > best)
+        cls[ok], score[ok], best[ok] = c, p[ok], (p / max(t, 1e-6))[ok]
+    return cls, score
+
+
+def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, params: DetectParams):
+    """Screened candidates of a tile core (level-0 x, y) and the number of blobs seen.
+
+    Returns (DataFrame x, y, dark, eosin in level-0 px, n_blobs, skipped_as_background).
+    """
+    from .nuclei import is_background, read_working
+
+    m = max(params.screen_mpp, slide_mpp)
+    ds = m / slide_mpp
+    halo = int(math.ceil(params.halo_um / m))
+    W, H = int(math.ceil(w / ds)), int(math.ceil(h / ds))
+    rgb = read_working(slide, x - halo * ds, y - halo * ds, ds, W + 2 * halo, H + 2 * halo)
+    if is_background(rgb):
+        return pd.DataFrame(columns=["x", "y", "dark", "eosin"], dtype=float), 0, True
+    if params.normalizer is not None:
+        rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
+    f = screen_features(rgb, m, params.thr("detect_nucleus_od"))
+    f["x"] = x + (f["x"] - halo + 0.5) * ds - 0.5
+    f["y"] = y + (f["y"] - halo + 0.5) * ds - 0.5
+    own = (f.x >= x - 0.5) & (f.x < x + w - 0.5) & (f.y >= y - 0.5) & (f.y < y + h - 0.5)
+    f = f[own.to_numpy()]
+    n = len(f)
+    f = f[screen(f, params.thr("detect_screen_dark"), params.thr("detect_screen_gran_dark"), params.thr("detect_screen_eosin"))]
+    return f.reset_index(drop=True), n, False
+
+
+def heatmap_candidates(slide, x, y, w, h, slide_mpp, params):
+    """Peaks of the weakly supervised mitosis heatmap (pipeline/heatmap.py, issue #6) in a tile core."""
+    try:
+        from .heatmap import compute_heatmap, heatmap_peaks
+    except ImportError:
+        raise DetectError(
+            "candidates='heatmap' needs the weakly supervised heatmap (pipeline/heatmap.py), which this "
+            "installation does not have; use candidates='nuclei'"
+        ) from None
+    halo = int(round(params.halo_um / slide_mpp))
+    H0, W0 = slide.shape
+    x0, y0 = max(x - halo, 0), max(y - halo, 0)
+    x1, y1 = min(x + w + halo, W0), min(y + h + halo, H0)
+    try:
+        res = compute_heatmap(slide, roi=(x0, y0, x1 - x0, y1 - y0), device=params.device, mpp=slide_mpp)
+    except ValueError as exc:
+        raise DetectError(f"heatmap candidates: {exc}") from exc
+    pk = heatmap_peaks(res)
+    pk = pk[(pk.x >= x - 0.5) & (pk.x < x + w - 0.5) & (pk.y >= y - 0.5) & (pk.y < y + h - 0.5)]
+    return pd.DataFrame({"x": pk.x.to_numpy(float), "y": pk.y.to_numpy(float), "dark": np.nan, "eosin": np.nan})
+
+
+def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, slide_mpp: float | None = None,
+                keep_all: bool = False) -> dict:
+    """Detect in one tile core (level-0 px). Returns a dict: ``detections`` (schema of io/detections,
+    plus ``p_<class>``), ``candidates`` (blobs seen), ``screened``, ``background``, ``seconds``.
+
+    With ``keep_all`` every screened candidate is returned with its probabilities and
+    an empty class when below the thresholds (for choosing thresholds).
+    """
+    t0 = time.perf_counter()
+    slide_mpp = _check_mpp(slide, slide_mpp)
+    if params.candidates not in CANDIDATE_MODES:
+        raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {params.candidates!r}")
+    frames, n_blobs, background = [], 0, False
+    if params.candidates in ("nuclei", "both"):
+        c, n_blobs, background = tile_candidates(slide, x, y, w, h, slide_mpp, params)
+        frames.append(c)
+    if params.candidates in ("heatmap", "both"):
+        frames.append(heatmap_candidates(slide, x, y, w, h, slide_mpp, params))
+    cand = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    nms_px = params.thr("detect_nms_um") / slide_mpp
+    if len(cand) > 1:  # one crop per cell: merge candidates closer than half the NMS radius
+        keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(9).to_numpy(), nms_px / 2)
+        cand = cand.iloc[keep].reset_index(drop=True)
+    det = empty_detections(slide_mpp)
+    if len(cand):
+        xy = cand[["x", "y"]].to_numpy(float)
+        probs, loc, classes = classify_points(slide, xy, slide_mpp, params)
+        cls, score = decide(probs, classes, params)
+        det = pd.DataFrame({"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"})
+        for i, c in enumerate(classes):
+            det[f"p_{c}"] = probs[:, i].astype(float)
+        det["cand_x"], det["cand_y"] = xy[:, 0], xy[:, 1]
+        det["dark"], det["eosin"] = cand["dark"].to_numpy(), cand["eosin"].to_numpy()
+        if not keep_all:
+            det = det[det["class"] != ""].reset_index(drop=True)
+            if len(det) > 1:
+                det = det.iloc[nms(det[["x", "y"]].to_numpy(), det["score"].to_numpy(), nms_px)].reset_index(drop=True)
+        det.attrs["mpp"] = slide_mpp
+    return {"tile": (int(x), int(y), int(w), int(h)), "detections": det, "candidates": int(n_blobs),
+            "screened": len(cand), "background": bool(background), "error": None,
+            "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------ tiles of a slide
+def plan_tiles(slide, roi=None, tissue=None, tile_um: float = TILE_UM, mpp: float | None = None) -> list[tuple]:
+    """Tile cores (x, y, w, h, level-0 px) covering ``roi`` (default: the slide), without tissue-free ones."""
+    slide_mpp = _check_mpp(slide, mpp)
+    H0, W0 = slide.shape
+    if roi is None:
+        x, y, w, h = 0, 0, W0, H0
+    else:
+        try:
+            x, y, w, h = (int(round(float(v))) for v in roi)
+        except (TypeError, ValueError):
+            raise DetectError(f"region must be (x, y, w, h) in level-0 pixels, got {roi!r}") from None
+        if w <= 0 or h <= 0:
+            raise DetectError(f"region must have a positive size, got {w} x {h}")
+        x1, y1 = min(x + w, W0), min(y + h, H0)
+        x, y = max(x, 0), max(y, 0)
+        if x1 <= x or y1 <= y:
+            raise DetectError(f"region {tuple(roi)} lies outside the slide ({W0} x {H0} level-0 px); use x,y,w,h in level-0 pixels")
+        w, h = x1 - x, y1 - y
+    t = max(int(round(tile_um / slide_mpp)), 64)
+    tiles = []
+    for ty in range(y, y + h, t):
+        for tx in range(x, x + w, t):
+            tw, th = min(t, x + w - tx), min(t, y + h - ty)
+            if tissue is not None and tissue.fraction_in(tx, ty, tw, th) == 0:
+                continue
+            tiles.append((tx, ty, tw, th))
+    return tiles
+
+
+def merge_tiles(frames: list, mpp: float, nms_um: float) -> pd.DataFrame:
+    """All tiles' detections in one table, sorted, with a global NMS across seams."""
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return empty_detections(mpp)
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(["y", "x", "class"], kind="mergesort").reset_index(drop=True)
+    if len(df) > 1:
+        df = df.iloc[nms(df[["x", "y"]].to_numpy(), df["score"].to_numpy(), nms_um / mpp)].reset_index(drop=True)
+    df = check_detections(df)
+    df.attrs["mpp"] = mpp
+    return df
+
+
+_LOCAL = threading.local()
+
+
+def _thread_slide(slide):
+    """A per-thread Slide for the same file (reading one file handle from many threads is not safe)."""
+    from ..io import open_slide
+
+    path = Path(slide.path)
+    if not path.exists():
+        return slide
+    cache = getattr(_LOCAL, "slides", None)
+    if cache is None:
+        cache = _LOCAL.slides = {}
+    key = (str(path), slide.mpp)
+    if key not in cache:
+        cache[key] = open_slide(path, mpp=slide.mpp)
+    return cache[key]
+
+
+def detect_task(
+    slide,
+    roi=None,
+    all_tissue: bool = True,
+    tissue=None,
+    candidates: str = "nuclei",
+    normalize=None,
+    device: str = "auto",
+    model: str = "cell-gstn",
+    thresholds: dict | None = None,
+    mpp: float | None = None,
+    tile_um: float = TILE_UM,
+    workers: int = 1,
+    model_folder: str | None = None,
+) -> Task:
+    """Detect mitotic figures and granulocytes in a region of a slide (or all its tissue).
+
+    Parameters
+    ----------
+    slide : Slide
+    roi : (x, y, w, h), optional
+        Level-0 pixels; default the whole slide.
+    all_tissue : bool
+        Skip tiles without tissue (the tissue mask is computed when ``tissue`` is None).
+    candidates : {"nuclei", "heatmap", "both"}
+        Hematoxylin-blob screening, peaks of the weakly supervised heatmap, or both.
+    normalize : None, method name or fitted StainNormalizer
+        Optional stain normalisation of what the detector sees.
+    device : "auto", "cpu", "cuda"
+    thresholds : dict, optional
+        Overrides of the ``detect_*`` thresholds (default: the model card's).
+    workers : int
+        Tiles run concurrently in this many threads (each with its own file handle).
+
+    Yields
+    ------
+    Progress, with ``partial`` = the detections of the tile just finished
+    (level-0 coordinates, io/detections schema; a last, global NMS may still drop
+    a duplicate on a seam from the final result).
+
+    Returns
+    -------
+    DataFrame of detections (``x, y, class, score, status`` and ``p_<class>``);
+    ``attrs``: ``mpp``, ``tiles``, ``failed_tiles`` (list of (tile, message)),
+    ``partial`` (True when tiles failed), ``tissue_mm2``, ``no_tissue``,
+    ``candidates``, ``screened``.
+    """
+    from ..io.slide import SlideError
+
+    slide_mpp = _check_mpp(slide, mpp)
+    if candidates not in CANDIDATE_MODES:
+        raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
+    if candidates in ("heatmap", "both"):
+        try:
+            from .heatmap import heatmap_peaks  # noqa: F401
+        except ImportError:
+            raise DetectError(
+                "candidates='heatmap' needs the weakly supervised heatmap (pipeline/heatmap.py), which this "
+                "installation does not have; use candidates='nuclei'"
+            ) from None
+    params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,
+                         model_folder=model_folder)
+    if normalize is not None:
+        params = yield from _with_normalizer(slide, params, normalize, device)
+    if all_tissue and tissue is None:
+        from .tissue import tissue_task
+
+        tissue = yield from tissue_task(slide)
+    tiles = plan_tiles(slide, roi, tissue if all_tissue else None, params.tile_um, slide_mpp)
+    total = len(tiles)
+    yield Progress(0, max(total, 1), f"detecting in {total} tiles")
+    load_classifier(params.model, params.device, params.model_folder)  # fail early, before any tile
+    frames, failed, n_cand, n_scr = [], [], 0, 0
+
+    def one(t):
+        s = _thread_slide(slide) if workers > 1 else slide
+        try:
+            return detect_tile(s, *t, params, slide_mpp)
+        except SlideError as exc:
+            return {"tile": t, "detections": None, "error": str(exc), "candidates": 0, "screened": 0}
+
+    done = 0
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = {}
+            it = iter(tiles)
+            try:
+                for t in it:  # keep at most 2 * workers tiles in flight
+                    pending[pool.submit(one, t)] = t
+                    if len(pending) >= 2 * workers:
+                        break
+                while pending:
+                    fut = next(as_completed(pending))
+                    del pending[fut]
+                    res = fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending[pool.submit(one, nxt)] = nxt
+                    done += 1
+                    yield _record(res, frames, failed, done, total)
+                    n_cand += res["candidates"]
+                    n_scr += res["screened"]
+            finally:
+                for fut in pending:
+                    fut.cancel()
+    else:
+        for t in tiles:
+            res = one(t)
+            done += 1
+            n_cand += res["candidates"]
+            n_scr += res["screened"]
+            yield _record(res, frames, failed, done, total)
+    result = merge_tiles(frames, slide_mpp, params.thr("detect_nms_um"))
+    result.attrs.update(finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi, all_tissue))
+    return result
+
+
+def _record(res, frames, failed, done, total) -> Progress:
+    if res.get("error"):
+        failed.append((res["tile"], res["error"]))
+        return Progress(done, total, f"tile {res['tile'][:2]} failed: {res['error']}", partial=None)
+    det = res["detections"]
+    frames.append(det)
+    part = check_detections(det) if len(det) else empty_detections(det.attrs.get("mpp"))
+    part.attrs["mpp"] = det.attrs.get("mpp")
+    return Progress(done, total, f"tile {done}/{total}: {int((det['class'] == 'mitotic_figure').sum()) if len(det) else 0} "
+                    "mitotic figures", partial=part)
+
+
+def finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi=None, all_tissue=True) -> dict:
+    area = None
+    if tissue is not None and tissue.area_mm2 is not None:
+        if roi is None:
+            area = float(tissue.area_mm2)
+        else:
+            x, y, w, h = roi
+            area = float(tissue.fraction_in(x, y, w, h) * w * h * (slide.mpp or 0) ** 2 / 1e6)
+    elif slide.mpp is not None:  # no tissue mask: the region counts as tissue
+        x, y, w, h = roi if roi is not None else (0, 0, slide.shape[1], slide.shape[0])
+        area = float(w * h * slide.mpp**2 / 1e6)
+    return {
+        "tiles": len(tiles),
+        "failed_tiles": [(list(t), msg) for t, msg in failed],
+        "partial": bool(failed),
+        "tissue_mm2": area,
+        "no_tissue": bool(all_tissue and tissue is not None and not tissue.mask.any()),
+        "candidates": int(n_cand),
+        "screened": int(n_scr),
+    }
+
+
+def make_params(model="cell-gstn", device="auto", candidates="nuclei", thresholds=None, tile_um=TILE_UM,
+                model_folder=None, **kw) -> DetectParams:
+    from ..models.registry import resolve_device
+
+    thr = model_thresholds(model, model_folder)
+    if thresholds:
+        unknown = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
+        if unknown:
+            raise DetectError(f"unknown threshold(s) {unknown}; known: {sorted(DEFAULT_THRESHOLDS)}")
+        thr.update({k: float(v) for k, v in thresholds.items()})
+    if not tile_um > 2 * 32:
+        raise DetectError(f"tile_um must be larger than 64 um, got {tile_um}")
+    return DetectParams(model=model, device=str(resolve_device(device)), candidates=candidates, thresholds=thr,
+                        tile_um=float(tile_um), model_folder=None if model_folder is None else str(model_folder), **kw)
+
+
+def _with_normalizer(slide, params: DetectParams, normalize, device):
+    from .stain import make_normalizer, slide_source_stats
+
+    norm = normalize
+    if isinstance(normalize, str):
+        norm = make_normalizer(normalize, device=device)
+    if not getattr(norm, "fitted", True):
+        raise DetectError(f"stain normalisation {getattr(norm, 'method', normalize)!r} is not fitted to a target; "
+                          "fit it first (napari-mitosis normalize --target REF) or use normalize=None")
+    yield Progress(0, 1, "stain statistics of the slide")
+    source = slide_source_stats(slide, norm)
+    return replace(params, normalizer=norm, norm_source=source)
+
+
+def params_dict(params: DetectParams) -> dict:
+    d = asdict(params)
+    d.pop("normalizer", None)
+    d.pop("norm_source", None)
+    return d
