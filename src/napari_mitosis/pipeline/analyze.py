@@ -52,6 +52,7 @@ from .detect import (
     merge_tiles,
     plan_tiles,
 )
+from .export import counts_frame
 from .progress import Progress, Task
 
 
@@ -272,14 +273,9 @@ def analyze_slide_task(path, out_dir, mpp: float | None = None, roi=None, runner
     rows = count_table(det["class"], tissue_mm2, hotspot, xy)
     failed = det.attrs.get("failed_tiles", [])
     status = "partial" if det.attrs.get("partial") else ("no tissue" if det.attrs.get("no_tissue") else "ok")
-    for r in rows:
-        r.update(slide=Path(path).name, status=status, failed_tiles=len(failed))
-        if hotspot is not None:
-            r.update(hotspot_x=hotspot.x, hotspot_y=hotspot.y, hotspot_width=hotspot.width,
-                     hotspot_height=hotspot.height, hotspot_clipped=hotspot.clipped)
-    counts = pd.DataFrame(rows)
-    front = ["slide", "class", "count", "tissue_mm2", "per_mm2", "per_2.37mm2"]
-    counts = counts[front + [c for c in counts.columns if c not in front]]
+    # the same table the review widget exports, plus how the run went
+    counts = counts_frame(rows, hotspot, slide_mpp, Path(path).name)
+    counts["status"], counts["failed_tiles"] = status, len(failed)
     keep = [c for c in det.columns if c in ("x", "y", "class", "score", "status", "p_mitotic_figure", "p_granulocyte")]
     table = det[keep].copy()
     table.attrs["mpp"] = slide_mpp

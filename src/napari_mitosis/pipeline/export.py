@@ -21,8 +21,9 @@ from .progress import Progress, Task
 
 #: Side of an exported crop (um): room for the classifier's 32 um field plus shifts and rotations.
 CROP_UM = 64.0
-COUNT_COLUMNS = ["class", "count", "tissue_mm2", "per_mm2", "per_2.37mm2", "hotspot_count", "hotspot_per_2.37mm2",
-                 "hotspot_x", "hotspot_y", "hotspot_width", "hotspot_height", "mpp", "slide"]
+COUNT_COLUMNS = ["slide", "class", "count", "tissue_mm2", "per_mm2", "per_2.37mm2", "hotspot_count",
+                 "hotspot_per_2.37mm2", "hotspot_x", "hotspot_y", "hotspot_width", "hotspot_height", "hotspot_clipped",
+                 "mpp"]
 
 
 def counts_frame(rows, hotspot=None, mpp=None, slide: str | None = None) -> pd.DataFrame:
@@ -37,7 +38,7 @@ def counts_frame(rows, hotspot=None, mpp=None, slide: str | None = None) -> pd.D
     for c in ("hotspot_count", "hotspot_per_2.37mm2"):
         if c not in df:
             df[c] = np.nan
-    for k in ("x", "y", "width", "height"):
+    for k in ("x", "y", "width", "height", "clipped"):
         df[f"hotspot_{k}"] = np.nan if hotspot is None else getattr(hotspot, k)
     df["mpp"] = mpp
     df["slide"] = slide
