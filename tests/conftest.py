@@ -22,6 +22,17 @@ def shared_file(*parts) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: small networks run fastest so on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def synth():
     return SyntheticHE(shape=(1100, 1700), seed=7)

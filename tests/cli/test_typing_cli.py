@@ -13,15 +13,7 @@ from napari_mitosis.core.synthetic import SyntheticHE
 from napari_mitosis.models.registry import read_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the CPU is shared (and small nets gain nothing from more)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

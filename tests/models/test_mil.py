@@ -36,15 +36,7 @@ from napari_mitosis.pipeline.progress import run
 from tests.conftest import shared_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("mode", MODES)

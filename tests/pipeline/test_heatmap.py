@@ -32,15 +32,7 @@ def _shipped_geometry():
 STRIDE, MIN_INPUT = _shipped_geometry()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks run fastest on one thread (and do not fight other jobs for the cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

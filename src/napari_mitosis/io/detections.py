@@ -1,20 +1,9 @@
 """Detection tables and their files: CSV and QuPath-compatible GeoJSON, written atomically.
 
-A detection table is a ``pandas.DataFrame`` with one row per cell:
-
-========  =============================================================
-column    meaning
-========  =============================================================
-x, y      position, level-0 pixels of the slide (float)
-class     ``mitotic_figure``, ``granulocyte`` or ``other``
-score     the model's probability for that class (NaN when added by hand)
-status    ``model``, ``confirmed``, ``corrected`` or ``added``
-========  =============================================================
-
-Further columns (``id``, ``type`` ...) are kept. The pixel size of level 0
-travels in ``df.attrs["mpp"]`` and is written into every file (an ``mpp``
-column in CSV, ``properties.measurements`` and the collection's
-``properties`` in GeoJSON) so coordinates can be converted to um.
+A detection table (:mod:`napari_mitosis.core.detections`: ``x, y`` in level-0 pixels,
+``class``, ``score``, ``status``, extra columns kept) is written with the pixel size of level 0
+(``df.attrs["mpp"]``) in every file (an ``mpp`` column in CSV, the collection's ``properties`` in
+GeoJSON) so coordinates can be converted to um.
 
 GeoJSON follows QuPath's import/export: a ``FeatureCollection`` of
 ``Feature``\\ s with a ``Point`` geometry in level-0 pixels and

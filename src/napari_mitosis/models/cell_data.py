@@ -181,13 +181,13 @@ def read_mitos14(root: Path, others_per_frame: int = 40, seed: int = 0) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def read_eoe(root: Path, others_per_tile: int = 12, seed: int = 0, mpp: float = 0.5) -> pd.DataFrame:
-    """Eosinophilic-oesophagitis tiles: eosinophils are 'granulocyte'; nuclei >= 8 um from any label are 'other'.
+def eoe_eosinophils(root: Path) -> tuple[list[Path], dict, pd.DataFrame]:
+    """The EoE tiles and their eosinophils, each kept once across the 64 px tile overlaps.
 
-    Tiles overlap by 64 px: each labelled cell is kept once (in the tile where it is
-    farthest from the border). Groups are 3 x 3-tile blocks of the slide.
+    Returns the tile paths, each tile's slide origin (``"tiles/NAME" -> (x, y)``) and the labelled eosinophils (``Eos``, ``Papilla Eos``) with their
+    slide position ``gx, gy`` and ``margin`` (distance to the tile border), one row per cell:
+    the tile where it lies farthest from the border.
     """
-    rng = np.random.default_rng(seed)
     pts = pd.read_csv(root / "points.csv")
     tiles = sorted((root / "tiles").glob("*.jpg"))
     origin = {}
@@ -195,12 +195,22 @@ def read_eoe(root: Path, others_per_tile: int = 12, seed: int = 0, mpp: float = 
         m = re.search(r"x(\d+)_y(\d+)", t.name)
         origin["tiles/" + t.name] = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     pts = pts[pts["class"].isin(["Eos", "Papilla Eos"])].copy()
-    pts["gx"] = [origin.get(t, (0, 0))[0] + x for t, x in zip(pts.tile, pts.x)]
-    pts["gy"] = [origin.get(t, (0, 0))[1] + y for t, y in zip(pts.tile, pts.y)]
+    pts["gx"] = [origin.get(t, (0, 0))[0] + x for t, x in zip(pts.tile, pts.x, strict=True)]
+    pts["gy"] = [origin.get(t, (0, 0))[1] + y for t, y in zip(pts.tile, pts.y, strict=True)]
     pts["margin"] = np.minimum.reduce([pts.x, pts.y, 511 - pts.x, 511 - pts.y])
     pts = pts.sort_values("margin", ascending=False)
     key = (pts.gx / 4).round().astype(int).astype(str) + "," + (pts.gy / 4).round().astype(int).astype(str)
-    pts = pts[~key.duplicated()]
+    return tiles, origin, pts[~key.duplicated()]
+
+
+def read_eoe(root: Path, others_per_tile: int = 12, seed: int = 0, mpp: float = 0.5) -> pd.DataFrame:
+    """Eosinophilic-oesophagitis tiles: eosinophils are 'granulocyte'; nuclei >= 8 um from any label are 'other'.
+
+    Tiles overlap by 64 px: each labelled cell is kept once (in the tile where it is
+    farthest from the border). Groups are 3 x 3-tile blocks of the slide.
+    """
+    rng = np.random.default_rng(seed)
+    tiles, origin, pts = eoe_eosinophils(root)
     rows = []
     allpts = pd.read_csv(root / "points.csv")
     for t in tiles:
@@ -581,8 +591,19 @@ def summary(table: pd.DataFrame) -> str:
     return table.groupby(["source", "class"]).size().unstack(fill_value=0).to_string()
 
 
+def json_default(o):
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as plain JSON."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def save_json(path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=float))
+    Path(path).write_text(json.dumps(obj, indent=2, default=json_default))
 
 
 __all__ = [

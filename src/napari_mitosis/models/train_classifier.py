@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..pipeline.progress import Progress
-from .cell_data import CLASSES, CellDataError, CellSampler, group_folds, read_cells
+from .cell_data import CLASSES, CellDataError, CellSampler, group_folds, json_default, read_cells
 from .gstn import WORK_MPP, GSTN, CiresanCNN, loc_loss, normalise, theta_to_xy
 
 GSTN_NAME = "cell-gstn"
@@ -463,17 +463,7 @@ def _write(out, results, oof, cfg):
         df = pd.concat(oof, ignore_index=True)
         df.to_csv(out / "predictions.csv", index=False)
         results["pooled"] = pooled(df, cfg.classes)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=json_default))
 
 
 def pooled(df: pd.DataFrame, classes) -> dict:

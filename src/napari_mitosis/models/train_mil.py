@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ..pipeline.progress import Progress
+from .cell_data import json_default
 from .mil import (
     MIL_MPP,
     PATCH,
@@ -780,7 +781,7 @@ def train_task(cfg: TrainConfig, items: list[Item] | None = None, log=print):
     res = evaluate(net, items, cfg.patch, cfg.seed)
     res.update(steps=step, train_minutes=(history[-1]["sec"] / 60 if history else 0.0), config=asdict(cfg),
                train_pools=train.counts(), final_loss=history[-1]["loss"] if history else float("nan"))
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=_json_default))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=json_default))
     save(net, cfg, res, Path(cfg.ship_dir) if cfg.ship_dir else out / "weights")
     log(summary_line(res))
     yield Progress(step + 1, step + 1, "done")
@@ -808,7 +809,7 @@ def reevaluate(run_dir, items: list[Item] | None = None, log=print) -> dict:
         if k in old:
             res[k] = old[k]
     res["reevaluated"] = True
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=_json_default))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=json_default))
     save(net, cfg, res, folder)
     log(summary_line(res))
     return res
@@ -821,16 +822,6 @@ def _checkpoint(out, net, opt, step, history):
     torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
     tmp.replace(out / "checkpoint.pt")
     (out / "history.json").write_text(json.dumps(history))
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def summary_line(res: dict) -> str:

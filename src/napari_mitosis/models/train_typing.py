@@ -238,21 +238,10 @@ def shared_cells(
     # EoE: eosinophils (each kept once across overlapping tiles), other nuclei far from any label
     root = data_dir / "granulocytes" / "eoe_eosinophils"
     if root.exists():
-        import re
+        from .cell_data import eoe_eosinophils
 
+        tiles, _, eos = eoe_eosinophils(root)
         pts = pd.read_csv(root / "points.csv")
-        tiles = sorted((root / "tiles").glob("*.jpg"))
-        origin = {}
-        for t in tiles:
-            m = re.search(r"x(\d+)_y(\d+)", t.name)
-            origin["tiles/" + t.name] = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-        eos = pts[pts["class"].isin(["Eos", "Papilla Eos"])].copy()
-        eos["gx"] = [origin.get(t, (0, 0))[0] + x for t, x in zip(eos.tile, eos.x, strict=True)]
-        eos["gy"] = [origin.get(t, (0, 0))[1] + y for t, y in zip(eos.tile, eos.y, strict=True)]
-        eos["margin"] = np.minimum.reduce([eos.x, eos.y, 511 - eos.x, 511 - eos.y])
-        eos = eos.sort_values("margin", ascending=False)
-        key = (eos.gx / 4).round().astype(int).astype(str) + "," + (eos.gy / 4).round().astype(int).astype(str)
-        eos = eos[~key.duplicated()]
         other_rows = []
         for i, t in enumerate(tiles):
             rel = "tiles/" + t.name
@@ -790,13 +779,6 @@ as the cell type; docs/typing.md reports this. Research use only.
 
 
 def write_json(path, obj) -> None:
-    def default(o):
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (np.floating,)):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(type(o))
+    from .cell_data import json_default
 
-    Path(path).write_text(json.dumps(obj, indent=1, default=default))
+    Path(path).write_text(json.dumps(obj, indent=1, default=json_default))

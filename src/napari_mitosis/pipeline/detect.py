@@ -39,6 +39,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ..io.detections import check_detections, empty_detections
+from .checks import check_mpp
 from .progress import Progress, Task
 
 #: Pixel size of the classifier's input (um/px).
@@ -65,7 +66,6 @@ DEFAULT_THRESHOLDS = {
 }
 CANDIDATE_MODES = ("nuclei", "heatmap", "both")
 #: Slide pixel sizes accepted (um/px).
-MPP_RANGE = (0.05, 2.0)
 
 
 class DetectError(ValueError):
@@ -206,18 +206,8 @@ def nms(xy: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------ one tile
 def _check_mpp(slide, mpp=None) -> float:
-    m = slide.mpp if mpp is None else mpp
-    if m is None:
-        raise DetectError(
-            f"{slide.path}: the pixel size is unknown, so cells cannot be measured at the classifier's 0.25 um/px; "
-            "pass it (napari-mitosis detect --mpp 0.25, or open_slide(path, mpp=0.25))"
-        )
-    if not (np.isfinite(m) and MPP_RANGE[0] <= m <= MPP_RANGE[1]):
-        raise DetectError(
-            f"{slide.path}: pixel size {m:.4g} um/px is outside {MPP_RANGE[0]}-{MPP_RANGE[1]} um/px, where cells can be "
-            "classified; if the recorded value is wrong pass the true one with --mpp"
-        )
-    return float(m)
+    return check_mpp(slide, mpp, DetectError, "cells cannot be measured at the classifier's 0.25 um/px",
+                     "napari-mitosis detect --mpp 0.25, or open_slide(path, mpp=0.25)")
 
 
 def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):

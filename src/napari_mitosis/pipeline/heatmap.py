@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .checks import check_mpp
 from .progress import Progress, Task, run
 
 #: Default model.
 MODEL = "mitosis-mil"
-MPP_RANGE = (0.05, 2.0)
 #: Largest heatmap kept in memory (pixels); ``upsample`` is lowered to fit.
 MAX_HEATMAP_PIXELS = 64_000_000
 #: Overview side (px) on which the region's stain vectors are estimated.
@@ -70,19 +70,10 @@ def _check(slide, roi, mpp):
     """The level-0 pixel size and the clipped region, or a clear :class:`HeatmapError`."""
     from .nuclei import NucleiError, _check_roi
 
-    m = slide.mpp if mpp is None else mpp
-    if m is None:
-        raise HeatmapError(
-            f"{slide.path}: the pixel size is unknown, so the image cannot be rescaled to the model's 0.5 um/px; "
-            "pass it (napari-mitosis heatmap --mpp 0.25, or open_slide(path, mpp=0.25))"
-        )
-    if not (np.isfinite(m) and MPP_RANGE[0] <= m <= MPP_RANGE[1]):
-        raise HeatmapError(
-            f"{slide.path}: pixel size {m:.4g} um/px is outside {MPP_RANGE[0]}-{MPP_RANGE[1]} um/px, where mitoses "
-            "can be seen; if the recorded value is wrong pass the true one with --mpp / mpp="
-        )
+    m = check_mpp(slide, mpp, HeatmapError, "the image cannot be rescaled to the model's 0.5 um/px",
+                  "napari-mitosis heatmap --mpp 0.25, or open_slide(path, mpp=0.25)")
     try:
-        return float(m), _check_roi(slide, roi)
+        return m, _check_roi(slide, roi)
     except NucleiError as exc:
         raise HeatmapError(str(exc)) from None
 

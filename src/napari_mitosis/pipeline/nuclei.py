@@ -46,13 +46,13 @@ from ..core.nuclei import (
     probabilities_to_instances,
 )
 from ..core.stain import rgb_to_od
+from .checks import check_mpp
 from .progress import Progress, Task, run
 
 #: Default model.
 MODEL = "nuclei-unet"
 #: Level-0 pixel sizes (um/px) the segmentation accepts; outside, nuclei are too
 #: small (coarser) to segment or the value is certainly not a slide's.
-MPP_RANGE = (0.05, 2.0)
 #: A tile is background when fewer than this fraction of its pixels absorb light.
 EMPTY_FRACTION = 0.01
 #: Largest in-memory label image (pixels at the working size): 4 GB of int32.
@@ -82,18 +82,8 @@ def _model(name: str, device: str):
 
 
 def _check_mpp(slide, mpp) -> float:
-    m = slide.mpp if mpp is None else mpp
-    if m is None:
-        raise NucleiError(
-            f"{slide.path}: the pixel size is unknown, so nuclei cannot be measured or segmented at the right "
-            "scale; pass it (napari-mitosis segment --mpp 0.25, or open_slide(path, mpp=0.25))"
-        )
-    if not (np.isfinite(m) and MPP_RANGE[0] <= m <= MPP_RANGE[1]):
-        raise NucleiError(
-            f"{slide.path}: pixel size {m:.4g} um/px is outside {MPP_RANGE[0]}-{MPP_RANGE[1]} um/px, where nuclei "
-            "(5-15 um) can be segmented; if the recorded value is wrong pass the true one with --mpp / mpp="
-        )
-    return float(m)
+    return check_mpp(slide, mpp, NucleiError, "nuclei cannot be measured or segmented at the right scale",
+                     "napari-mitosis segment --mpp 0.25, or open_slide(path, mpp=0.25)")
 
 
 def _check_roi(slide, roi):
