@@ -170,6 +170,9 @@ class DetectionReview:
             features=self._features().iloc[:0],
             feature_defaults={"id": -1, "class": self.current_class, "score": np.nan, "status": "added"},
             face_color=_hex(class_color(self.current_class)),
+            # class and score beside each cell; off by default (layer controls: "display text")
+            text={"string": "{class}: {score:.2f}", "size": 8, "color": "white", "anchor": "upper_left",
+                  "translation": (-size / 2, size / 2), "visible": False},
             metadata={"napari_mitosis": "detections", "mpp": self.mpp, "slide_path": str(self.slide.path)},
         )
         self.layer.current_size = size
