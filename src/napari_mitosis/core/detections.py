@@ -110,3 +110,12 @@ def empty_detections(mpp: float | None = None) -> pd.DataFrame:
                        "score": pd.Series(dtype=float), "status": pd.Series(dtype=object)})
     df.attrs["mpp"] = mpp
     return df
+
+
+def hex_color(rgb) -> str:
+    """``#rrggbb`` of an RGB(A) colour with 0-1 components.
+
+    >>> hex_color((1.0, 0.5, 0.0, 1.0))
+    '#ff8000'
+    """
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])

@@ -247,16 +247,19 @@ class ReviewState:
         """
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
-        todo = self.df[self.df["status"] == "model"]
-        if todo.empty:
+        return self._ordered(self.df[self.df["status"] == "model"], order)
+
+    def _ordered(self, df: pd.DataFrame, order: str) -> np.ndarray:
+        """Ids of ``df`` most likely first (``score``) or closest to the class threshold first."""
+        if df.empty:
             return np.zeros(0, np.int64)
-        score = todo["score"].fillna(0.0).to_numpy()
+        score = df["score"].fillna(0.0).to_numpy()
         if order == "score":
             key = -score
         else:
-            thr = np.array([self.thresholds.get(c, 0.5) for c in todo["class"]], float)
+            thr = np.array([self.thresholds.get(c, 0.5) for c in df["class"]], float)
             key = np.abs(score - thr)
-        return todo["id"].to_numpy()[np.argsort(key, kind="stable")]
+        return df["id"].to_numpy()[np.argsort(key, kind="stable")]
 
     def next_unreviewed(self, order: str = "score", after: int | None = None, step: int = 1) -> int | None:
         """The id of the next (``step=1``) or previous (``step=-1``) unreviewed detection.
@@ -284,15 +287,7 @@ class ReviewState:
 
     def full_order(self, order: str = "score") -> np.ndarray:
         """All ids (reviewed or not) in review order."""
-        if self.df.empty:
-            return np.zeros(0, np.int64)
-        score = self.df["score"].fillna(0.0).to_numpy()
-        if order == "score":
-            key = -score
-        else:
-            thr = np.array([self.thresholds.get(c, 0.5) for c in self.df["class"]], float)
-            key = np.abs(score - thr)
-        return self.df["id"].to_numpy()[np.argsort(key, kind="stable")]
+        return self._ordered(self.df, order)
 
     # ------------------------------------------------------------ summary
     def progress(self) -> tuple[int, int]:

@@ -157,8 +157,12 @@ class Slide:
         return out
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
-        """An RGB overview whose longer side is at most ``max_size`` pixels."""
-        from skimage.transform import resize
+        """An RGB overview whose longer side is at most ``max_size`` pixels.
+
+        The smallest level at least ``max_size`` px, shrunk in uint8 by Pillow's box filter
+        (an average over the source pixels: anti-aliased, and far cheaper than a float Gaussian).
+        """
+        from PIL import Image
 
         sides = [max(s) for s in self.level_shapes]
         fits = [i for i, s in enumerate(sides) if s >= max_size]
@@ -166,8 +170,8 @@ class Slide:
         img = self.read_region(level, 0, 0, self.level_shapes[level][1], self.level_shapes[level][0])
         scale = max_size / max(img.shape[:2])
         if scale < 1:
-            shape = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
-            img = (resize(img, shape, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8)
+            h, w = max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), Image.Resampling.BOX))
         return img
 
     # ------------------------------------------------------- associated images

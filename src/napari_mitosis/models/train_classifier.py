@@ -37,8 +37,15 @@ import numpy as np
 import pandas as pd
 
 from ..pipeline.progress import Progress
-from .cell_data import CLASSES, CellDataError, CellSampler, group_folds, json_default, read_cells
-from .gstn import WORK_MPP, GSTN, CiresanCNN, loc_loss, normalise, theta_to_xy
+from .cell_data import (
+    CLASSES,
+    CellDataError,
+    CellSampler,
+    group_folds,
+    json_default,
+    read_cells,
+)
+from .gstn import GSTN, WORK_MPP, CiresanCNN, loc_loss, normalise, theta_to_xy
 
 GSTN_NAME = "cell-gstn"
 #: Steps of stages 1, 2, 3 relative to each other under a time budget.

@@ -31,3 +31,27 @@ def check_mpp(slide, mpp, error: type[Exception], needs: str, how: str = "--mpp 
             "seen; if the recorded value is wrong pass the true one with --mpp / mpp="
         )
     return float(m)
+
+
+def check_roi(slide, roi, error: type[Exception]) -> tuple[int, int, int, int]:
+    """``roi`` (level-0 ``x, y, w, h``; None = the whole slide) clipped to the slide, or ``error``.
+
+    >>> from types import SimpleNamespace
+    >>> s = SimpleNamespace(shape=(100, 200))
+    >>> check_roi(s, None, ValueError), check_roi(s, (150, -10, 100, 50), ValueError)
+    ((0, 0, 200, 100), (150, 0, 50, 40))
+    """
+    H0, W0 = slide.shape
+    if roi is None:
+        return 0, 0, W0, H0
+    try:
+        x, y, w, h = (round(float(v)) for v in roi)
+    except (TypeError, ValueError):
+        raise error(f"region must be (x, y, w, h) in level-0 pixels, got {roi!r}") from None
+    if w <= 0 or h <= 0:
+        raise error(f"region must have a positive size, got {w} x {h}")
+    x1, y1 = min(x + w, W0), min(y + h, H0)
+    x, y = max(x, 0), max(y, 0)
+    if x1 <= x or y1 <= y:
+        raise error(f"region {tuple(roi)} lies outside the slide ({W0} x {H0} level-0 px); use x,y,w,h in level-0 pixels")
+    return x, y, x1 - x, y1 - y

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ..io.detections import check_detections, empty_detections
-from .checks import check_mpp
+from .checks import check_mpp, check_roi
 from .progress import Progress, Task
 
 #: Pixel size of the classifier's input (um/px).
@@ -492,13 +492,8 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
 
 def heatmap_candidates(slide, x, y, w, h, slide_mpp, params):
     """Peaks of the weakly supervised mitosis heatmap (pipeline/heatmap.py, issue #6) in a tile core."""
-    try:
-        from .heatmap import compute_heatmap, heatmap_peaks
-    except ImportError:
-        raise DetectError(
-            "candidates='heatmap' needs the weakly supervised heatmap (pipeline/heatmap.py), which this "
-            "installation does not have; use candidates='nuclei'"
-        ) from None
+    from .heatmap import compute_heatmap, heatmap_peaks
+
     halo = int(round(params.halo_um / slide_mpp))
     H0, W0 = slide.shape
     x0, y0 = max(x - halo, 0), max(y - halo, 0)
@@ -559,21 +554,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
 def plan_tiles(slide, roi=None, tissue=None, tile_um: float = TILE_UM, mpp: float | None = None) -> list[tuple]:
     """Tile cores (x, y, w, h, level-0 px) covering ``roi`` (default: the slide), without tissue-free ones."""
     slide_mpp = _check_mpp(slide, mpp)
-    H0, W0 = slide.shape
-    if roi is None:
-        x, y, w, h = 0, 0, W0, H0
-    else:
-        try:
-            x, y, w, h = (int(round(float(v))) for v in roi)
-        except (TypeError, ValueError):
-            raise DetectError(f"region must be (x, y, w, h) in level-0 pixels, got {roi!r}") from None
-        if w <= 0 or h <= 0:
-            raise DetectError(f"region must have a positive size, got {w} x {h}")
-        x1, y1 = min(x + w, W0), min(y + h, H0)
-        x, y = max(x, 0), max(y, 0)
-        if x1 <= x or y1 <= y:
-            raise DetectError(f"region {tuple(roi)} lies outside the slide ({W0} x {H0} level-0 px); use x,y,w,h in level-0 pixels")
-        w, h = x1 - x, y1 - y
+    x, y, w, h = check_roi(slide, roi, DetectError)
     t = max(int(round(tile_um / slide_mpp)), 64)
     tiles = []
     for ty in range(y, y + h, t):
@@ -670,14 +651,6 @@ def detect_task(
     slide_mpp = _check_mpp(slide, mpp)
     if candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
-    if candidates in ("heatmap", "both"):
-        try:
-            from .heatmap import heatmap_peaks  # noqa: F401
-        except ImportError:
-            raise DetectError(
-                "candidates='heatmap' needs the weakly supervised heatmap (pipeline/heatmap.py), which this "
-                "installation does not have; use candidates='nuclei'"
-            ) from None
     params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,
                          model_folder=model_folder)
     if normalize is not None:

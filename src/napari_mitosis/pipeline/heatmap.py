@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .checks import check_mpp
+from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
 #: Default model.
@@ -68,14 +68,9 @@ def _model(name: str, device: str):
 
 def _check(slide, roi, mpp):
     """The level-0 pixel size and the clipped region, or a clear :class:`HeatmapError`."""
-    from .nuclei import NucleiError, _check_roi
-
     m = check_mpp(slide, mpp, HeatmapError, "the image cannot be rescaled to the model's 0.5 um/px",
                   "napari-mitosis heatmap --mpp 0.25, or open_slide(path, mpp=0.25)")
-    try:
-        return m, _check_roi(slide, roi)
-    except NucleiError as exc:
-        raise HeatmapError(str(exc)) from None
+    return m, check_roi(slide, roi, HeatmapError)
 
 
 def _stain_stats(norm, slide, x, y, w, h, ds, tissue=None):

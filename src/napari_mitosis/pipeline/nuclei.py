@@ -46,7 +46,7 @@ from ..core.nuclei import (
     probabilities_to_instances,
 )
 from ..core.stain import rgb_to_od
-from .checks import check_mpp
+from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
 #: Default model.
@@ -87,20 +87,7 @@ def _check_mpp(slide, mpp) -> float:
 
 
 def _check_roi(slide, roi):
-    H0, W0 = slide.shape
-    if roi is None:
-        return 0, 0, W0, H0
-    try:
-        x, y, w, h = (int(round(float(v))) for v in roi)
-    except (TypeError, ValueError):
-        raise NucleiError(f"region must be (x, y, w, h) in level-0 pixels, got {roi!r}") from None
-    if w <= 0 or h <= 0:
-        raise NucleiError(f"region must have a positive size, got {w} x {h}")
-    x1, y1 = min(x + w, W0), min(y + h, H0)
-    x, y = max(x, 0), max(y, 0)
-    if x1 <= x or y1 <= y:
-        raise NucleiError(f"region {tuple(roi)} lies outside the slide ({W0} x {H0} level-0 px)")
-    return x, y, x1 - x, y1 - y
+    return check_roi(slide, roi, NucleiError)
 
 
 def read_working(slide, x0: float, y0: float, ds: float, width: int, height: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..core.detections import hex_color
 from .progress import Progress, Task, run
 
 #: Default model.
@@ -416,15 +417,11 @@ def type_legend(table: pd.DataFrame) -> list[dict]:
     counts = type_counts(table)
     out = []
     for i, n in enumerate(names):
-        out.append({"name": n, "type": i, "color": colors[i], "hex": _hex(colors[i]), "count": counts.get(n, 0)})
+        out.append({"name": n, "type": i, "color": colors[i], "hex": hex_color(colors[i]), "count": counts.get(n, 0)})
     if UNTYPED_NAME in counts:
-        out.append({"name": UNTYPED_NAME, "type": UNTYPED, "color": UNTYPED_COLOR, "hex": _hex(UNTYPED_COLOR),
+        out.append({"name": UNTYPED_NAME, "type": UNTYPED, "color": UNTYPED_COLOR, "hex": hex_color(UNTYPED_COLOR),
                     "count": counts[UNTYPED_NAME]})
     return out
-
-
-def _hex(c) -> str:
-    return "#" + "".join(f"{round(v * 255):02x}" for v in c[:3])
 
 
 def legend_text(table: pd.DataFrame) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.detections import CLASSES, class_color
+from ..core.detections import CLASSES, class_color, hex_color
 from ..core.review import ReviewState
 from ..io import sidecar
 
@@ -169,7 +169,7 @@ class DetectionReview:
             border_width_is_relative=True,
             features=self._features().iloc[:0],
             feature_defaults={"id": -1, "class": self.current_class, "score": np.nan, "status": "added"},
-            face_color=_hex(class_color(self.current_class)),
+            face_color=hex_color(class_color(self.current_class)),
             # class and score beside each cell; off by default (layer controls: "display text")
             text={"string": "{class}: {score:.2f}", "size": 8, "color": "white", "anchor": "upper_left",
                   "translation": (-size / 2, size / 2), "visible": False},
@@ -209,8 +209,8 @@ class DetectionReview:
                 idx = np.nonzero(df["id"].isin(selected_ids).to_numpy())[0]
                 layer.selected_data = {int(i) for i in idx}
             layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
-            layer.current_face_color = _hex(class_color(self.current_class))
-            layer.current_border_color = _hex(STATUS_COLORS["added"][:3])
+            layer.current_face_color = hex_color(class_color(self.current_class))
+            layer.current_border_color = hex_color(STATUS_COLORS["added"][:3])
         finally:
             self._syncing = False
 
@@ -387,7 +387,3 @@ class DetectionReview:
         bind("Shift-n", lambda: self.go(-1))
         bind("Control-z", self.undo)
         bind("Control-Shift-z", self.redo)
-
-
-def _hex(rgb) -> str:
-    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb[:3])
