@@ -69,6 +69,46 @@ def test_local_cluster_gives_identical_results(tmp_path, synthetic_slide_file, p
         assert np.allclose(other[["x", "y", "score"]].to_numpy(float), local[["x", "y", "score"]].to_numpy(float), atol=1e-4)
 
 
+def test_a_worker_killed_mid_run_is_replaced_and_no_tile_or_slide_goes_missing(tmp_path, synthetic_slide_file, params):
+    """A real worker process is SIGKILLed while it holds tiles: the scheduler reruns them elsewhere,
+    both slides are in the summary, complete, with the detections of an undisturbed run."""
+    import os
+    import signal
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    roi = (0, 0, 1700, 600)
+    local = run(detect_slide_task(synthetic_slide_file, runner=LocalRunner(workers=1), params=params, roi=roi))
+    second = tmp_path / "second.ome.tif"
+    second.symlink_to(synthetic_slide_file)
+    killed = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        pids = client.run(os.getpid)
+        task = analyze_task([synthetic_slide_file, second], tmp_path / "out", roi=roi, client=client, params=params)
+        try:
+            while True:
+                p = next(task)
+                if not killed and p.partial is not None:  # tiles are running: kill a worker that holds some
+                    for _ in range(200):
+                        busy = [w for w, keys in client.processing().items() if keys and w in pids]
+                        if busy:
+                            break
+                        time.sleep(0.01)
+                    assert busy, "no worker held a tile to kill"
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+        except StopIteration as stop:
+            summary = stop.value
+        new_pids = client.run(os.getpid)
+    assert killed and set(new_pids.values()) != set(pids.values())  # one worker really died and was replaced
+    assert list(summary.status) == ["ok", "ok"]  # both slides, complete (not partial)
+    for name in ("synthetic", "second"):
+        det = read_csv(tmp_path / "out" / name / "detections.csv")
+        assert list(det["class"]) == list(local["class"])
+        assert np.allclose(det[["x", "y", "score"]].to_numpy(float), local[["x", "y", "score"]].to_numpy(float), atol=1e-4)
+
+
 def test_slide_without_tissue_gives_empty_results_said_plainly(tmp_path, params):
     path = tmp_path / "glass.ome.tif"
     write_pyramid(path, (768, 1024), lambda y0, rows: np.full((rows, 1024, 3), 242, np.uint8), mpp=0.25, tile=256)

@@ -101,3 +101,42 @@ def test_bad_options_say_what_to_do(synthetic_slide_file):
     with pytest.raises(DetectError, match="unknown threshold"):
         make_params(thresholds={"mitosis": 0.5})
     slide.close()
+
+
+def _two_level_slide(rgb, mpp):
+    import dask.array as da
+    from skimage.transform import downscale_local_mean
+
+    from napari_mitosis.io.slide import Slide
+
+    half = np.clip(downscale_local_mean(rgb, (2, 2, 1)) + 0.5, 0, 255).astype(np.uint8)
+    return Slide(path="mem.tif", levels=[da.from_array(rgb, chunks=(256, 256, 3)), da.from_array(half, chunks=(256, 256, 3))],
+                 mpp=mpp, format="image")
+
+
+def test_a_level_near_the_screening_pixel_size_is_screened_as_stored():
+    """A 0.2455 um/px slide: level 1 (0.491 um/px) is screened as it is, not resampled to 0.5,
+    and finds the same candidates, at the same level-0 places, as the resampled screening."""
+    from dataclasses import replace
+
+    from napari_mitosis.core.synthetic import SyntheticHE
+    from napari_mitosis.pipeline import detect
+
+    rgb, _ = SyntheticHE(shape=(700, 900), mpp=0.2455, seed=3, tissue="full").render(0, 0, 700, 900)
+    slide = _two_level_slide(rgb, 0.2455)
+    assert detect.screen_level(slide, 0.2455) == 1
+    assert detect.screen_level(slide, 0.2) is None  # level 1 at 0.4 um/px: 20 % off, resampled
+    params = make_params(device="cpu", thresholds=SYNTH)
+    native, _, _ = detect.tile_candidates(slide, 101, 57, 600, 500, 0.2455, params)
+    old_tol = detect.SCREEN_MPP_TOL
+    try:
+        detect.SCREEN_MPP_TOL = 0.0  # force the resampling path
+        resampled, _, _ = detect.tile_candidates(slide, 101, 57, 600, 500, 0.2455, replace(params))
+    finally:
+        detect.SCREEN_MPP_TOL = old_tol
+    assert len(native) >= 5 and abs(len(native) - len(resampled)) <= max(2, 0.1 * len(resampled))
+    d, i = cKDTree(resampled[["x", "y"]].to_numpy()).query(native[["x", "y"]].to_numpy())
+    assert np.median(d) * 0.2455 < 0.5 and (d * 0.2455 < 1.5).mean() >= 0.9  # same places (level-0 px)
+    shift = (native[["x", "y"]].to_numpy() - resampled[["x", "y"]].to_numpy()[i]).mean(0)
+    assert np.abs(shift).max() < 1.5  # no offset between the two grids (a level pixel is 2 px)
+    assert native.x.between(100.5, 701).all() and native.y.between(56.5, 557).all()  # in the tile core

@@ -46,6 +46,12 @@ from .progress import Progress, Task
 WORK_MPP = 0.25
 #: Pixel size candidates are screened at (um/px).
 SCREEN_MPP = 0.5
+#: A pyramid level within this relative distance of SCREEN_MPP is screened as it is stored, not
+#: resampled (e.g. level 1 of a 0.2455 um/px slide, 0.491 um/px): the screening works in um.
+SCREEN_MPP_TOL = 0.1
+#: Crops whose stored pixel size is within this relative distance of the classifier's are not
+#: resized (e.g. 0.2455 um/px for 0.25): the classifier was trained with +-20 % zoom.
+CROP_MPP_TOL = 0.05
 #: Side of a tile core (um) and its halo (um).
 TILE_UM = 512.0
 HALO_UM = 16.0
@@ -329,9 +335,11 @@ def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):
     from .classify import _to_input
 
     field_l0 = size * net_mpp / slide_mpp
-    level = slide.best_level_for_downsample(field_l0 / size)
+    level = slide.best_level_for_downsample(field_l0 / size * (1 + CROP_MPP_TOL))
     ds = slide.level_downsamples[level]
     side = max(int(round(field_l0 / ds)), 1)
+    if abs(side / size - 1) <= CROP_MPP_TOL:  # stored close enough to the classifier's pixel size
+        side, field_l0 = size, size * ds
     n = len(xy)
     inputs = np.zeros((n, size, size, 3), np.float32)
     origin = np.round(xy - field_l0 / 2 + 0.5).astype(np.int64)
@@ -462,6 +470,17 @@ def decide(probs: np.ndarray, classes: list, params: DetectParams) -> tuple[np.n
     return cls, score
 
 
+def screen_level(slide, slide_mpp: float, screen_mpp: float = SCREEN_MPP) -> int | None:
+    """The stored level to screen at as it is (pixel size within SCREEN_MPP_TOL of
+    ``screen_mpp``, integer downsample), or None: then the tile is resampled to ``screen_mpp``."""
+    best, err = None, SCREEN_MPP_TOL
+    for i, d in enumerate(slide.level_downsamples):
+        e = abs(slide_mpp * d / screen_mpp - 1)
+        if e <= err and abs(d - round(d)) < 1e-6:
+            best, err = i, e
+    return best
+
+
 def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, params: DetectParams):
     """Screened candidates of a tile core (level-0 x, y) and the number of blobs seen.
 
@@ -469,11 +488,22 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
     """
     from .nuclei import read_working
 
-    m = max(params.screen_mpp, slide_mpp)
-    ds = m / slide_mpp
-    halo = int(math.ceil(params.halo_um / m))
-    W, H = int(math.ceil(w / ds)), int(math.ceil(h / ds))
-    rgb = read_working(slide, x - halo * ds, y - halo * ds, ds, W + 2 * halo, H + 2 * halo)
+    native = screen_level(slide, slide_mpp, params.screen_mpp)
+    if native is not None:  # read the stored level as it is, on its own pixel grid
+        ds = float(slide.level_downsamples[native])
+        m = slide_mpp * ds
+        halo = math.ceil(params.halo_um / m)
+        gx0, gy0 = math.floor(x / ds) - halo, math.floor(y / ds) - halo
+        W, H = math.ceil((x + w) / ds) + halo - gx0, math.ceil((y + h) / ds) + halo - gy0
+        ox, oy = gx0 * ds, gy0 * ds
+        rgb = slide.read_region(native, round(ox), round(oy), W, H)
+    else:
+        m = max(params.screen_mpp, slide_mpp)
+        ds = m / slide_mpp
+        halo = int(math.ceil(params.halo_um / m))
+        W, H = int(math.ceil(w / ds)), int(math.ceil(h / ds))
+        ox, oy = x - halo * ds, y - halo * ds
+        rgb = read_working(slide, ox, oy, ds, W + 2 * halo, H + 2 * halo)
     od = _od(rgb)  # once: the background test and the screening share it
     if _is_background_od(od):
         return pd.DataFrame(columns=["x", "y", "dark", "eosin"], dtype=float), 0, True
@@ -481,8 +511,8 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
         rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
         od = None
     f = screen_features(rgb, m, params.thr("detect_nucleus_od"), od=od)
-    f["x"] = x + (f["x"] - halo + 0.5) * ds - 0.5
-    f["y"] = y + (f["y"] - halo + 0.5) * ds - 0.5
+    f["x"] = ox + (f["x"] + 0.5) * ds - 0.5
+    f["y"] = oy + (f["y"] + 0.5) * ds - 0.5
     own = (f.x >= x - 0.5) & (f.x < x + w - 0.5) & (f.y >= y - 0.5) & (f.y < y + h - 0.5)
     f = f[own.to_numpy()]
     n = len(f)
