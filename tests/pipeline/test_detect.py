@@ -21,7 +21,7 @@ from napari_mitosis.pipeline.progress import run
 
 #: The card's thresholds were chosen on real MITOS/EoE images; synthetic mitoses are less dark
 #: relative to their neighbours, so the mechanics are tested at a looser operating point.
-SYNTH = {"detect_screen_dark": 1.2, "detect_mitotic_figure": 0.5}
+SYNTH = {"detect_screen_dark": 1.2, "detect_mitotic_figure": 0.55}
 
 
 def test_nms_keeps_the_best_of_close_detections_only():
@@ -140,3 +140,34 @@ def test_a_level_near_the_screening_pixel_size_is_screened_as_stored():
     shift = (native[["x", "y"]].to_numpy() - resampled[["x", "y"]].to_numpy()[i]).mean(0)
     assert np.abs(shift).max() < 1.5  # no offset between the two grids (a level pixel is 2 px)
     assert native.x.between(100.5, 701).all() and native.y.between(56.5, 557).all()  # in the tile core
+
+
+def test_the_first_pass_skips_the_classifier_only_where_it_cannot_change_the_result(synthetic_slide_file):
+    from dataclasses import replace
+
+    from napari_mitosis.pipeline import detect
+
+    slide = open_slide(synthetic_slide_file)
+    tile = (400, 0, 600, 560)
+    off = make_params(device="cpu", thresholds={**SYNTH, "detect_screen_dark": 1.0}, screen_model=None)
+    every, n_blobs, _ = detect.tile_candidates(slide, *tile, 0.25, off)
+    on = replace(off, screen_model="cell-screen")
+    scored, n_blobs_on, _ = detect.tile_candidates(slide, *tile, 0.25, on)
+    assert n_blobs_on == n_blobs and len(every) >= 10
+    assert np.allclose(scored[["x", "y"]], every[["x", "y"]])  # the same blobs, now with first-pass scores
+    first = scored[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy()
+    assert ((first >= 0) & (first <= 1)).all()
+    # thresholds that put the cut inside this tile's first-pass scores
+    t_mit = float(np.sqrt(np.median(first[:, 0])))
+    params = replace(on, thresholds={**on.thresholds, "detect_mitotic_figure": t_mit, "detect_granulocyte": 0.999})
+    pruned = detect.detect_tile(slide, *tile, params, 0.25)
+    full = detect.detect_tile(slide, *tile, params, 0.25, keep_all=True)  # cell-gstn on every blob
+    need = detect.needs_classifier(full["detections"][["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(), params)
+    assert 0 < pruned["screened"] == need.sum() < full["screened"]  # cell-gstn saw only those
+    full = full["detections"]
+    full = full[full["class"] != ""].reset_index(drop=True)
+    full = full.iloc[detect.nms(full[["x", "y"]].to_numpy(), full["score"].to_numpy(), 6.0 / 0.25)]
+    det = pruned["detections"]
+    assert len(det) == len(full)  # skipping changed nothing
+    assert np.allclose(det.sort_values("x")[["x", "y", "score"]].to_numpy(), full.sort_values("x")[["x", "y", "score"]].to_numpy())
+    slide.close()

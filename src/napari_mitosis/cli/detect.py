@@ -22,8 +22,9 @@ def _params(args, scheduler):
             thresholds[key if key.startswith("detect_") else f"detect_{key}"] = float(value)
         except ValueError:
             raise ValueError(f"--threshold must be NAME=VALUE, e.g. mitotic_figure=0.6; got {item!r}") from None
+    first = None if str(args.first_pass).lower() in ("none", "off", "") else args.first_pass
     return make_params(device=args.device, candidates=args.candidates, thresholds=thresholds or None,
-                       torch_threads=1 if (args.workers > 1 or scheduler) else 0)
+                       torch_threads=1 if (args.workers > 1 or scheduler) else 0, screen_model=first)
 
 
 def cmd_detect(args) -> int:
@@ -105,6 +106,9 @@ def _common(p):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--candidates", default="nuclei", choices=["nuclei", "heatmap", "both"],
                    help="candidate stage: hematoxylin blobs (default), heatmap peaks, or both")
+    p.add_argument("--first-pass", default="cell-screen", metavar="MODEL",
+                   help="learned first pass on the screening image; only what it keeps goes to the classifier "
+                        "(default cell-screen; 'none': every screened blob goes to the classifier, slower)")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="override a detection threshold, e.g. mitotic_figure=0.7 (repeatable)")
 

@@ -58,16 +58,16 @@ HALO_UM = 16.0
 #: Detection classes, in the order of the table.
 DETECT_CLASSES = ("mitotic_figure", "granulocyte")
 #: Default detection thresholds (overridden by ``detect_*`` keys of the model spec's thresholds).
-#: The values are those chosen on validation data for cell-gstn (benchmarks/eval_detection.py,
-#: docs/detection.md): screening and mitosis thresholds on MITOS-ATYPIA-14 frames, granulocyte
-#: ones on EoE tiles.
+#: The values are those chosen on validation data for the cascade cell-screen -> cell-gstn, whose
+#: class score is sqrt(p_first * p_gstn) (benchmarks/eval_screen.py, docs/detection.md): screening
+#: and mitosis thresholds on MITOS-ATYPIA-14 frames, granulocyte ones on EoE tiles.
 DEFAULT_THRESHOLDS = {
     "detect_nucleus_od": 0.25,  # min smoothed hematoxylin OD of a blob to be a nucleus
-    "detect_screen_dark": 1.4,  # darkness / tile's 90th percentile: to the network (mitosis screening)
-    "detect_screen_gran_dark": 0.9,  # ... or at least this dark (relative) and
-    "detect_screen_eosin": 1.0,  # ... with this much eosin around it (relative; granulocyte screening)
-    "detect_mitotic_figure": 0.775,  # min probability of a mitotic figure
-    "detect_granulocyte": 0.95,  # min probability of a granulocyte
+    "detect_screen_dark": 1.4,  # darkness / tile's 90th percentile: a candidate (mitosis screening)
+    "detect_screen_gran_dark": 0.8,  # ... or at least this dark (relative) and
+    "detect_screen_eosin": 0.9,  # ... with this much eosin around it (relative; granulocyte screening)
+    "detect_mitotic_figure": 0.8,  # min score of a mitotic figure
+    "detect_granulocyte": 0.95,  # min score of a granulocyte
     "detect_nms_um": 6.0,  # detections closer than this are one cell
 }
 CANDIDATE_MODES = ("nuclei", "heatmap", "both")
@@ -95,13 +95,17 @@ class DetectParams:
     norm_source: object = None  # its source statistics for this slide
     torch_threads: int = 0  # > 0: set torch's threads in the task (worker processes)
     model_folder: str | None = None  # a folder with the model's weights (default: the shipped ones)
+    screen_model: str | None = "cell-screen"  # the learned first pass on the screening image (None: off)
+    screen_folder: str | None = None  # a folder with its weights (default: the shipped ones)
 
     def thr(self, key: str) -> float:
         return float(self.thresholds.get(key, DEFAULT_THRESHOLDS[key]))
 
 
-def model_thresholds(model: str = "cell-gstn", folder=None) -> dict:
-    """The detection thresholds: defaults, then the ``detect_*`` keys of the model's spec."""
+def model_thresholds(model: str = "cell-gstn", folder=None, first_pass: bool = True) -> dict:
+    """The detection thresholds: defaults, then the ``detect_*`` keys of the model's spec (the
+    operating point of the cascade with the first pass); without the first pass its
+    ``gstn_only/detect_*`` keys (cell-gstn's probability alone is the score)."""
     from ..models.registry import WEIGHTS_DIR, read_spec
 
     thr = dict(DEFAULT_THRESHOLDS)
@@ -109,7 +113,10 @@ def model_thresholds(model: str = "cell-gstn", folder=None) -> dict:
         spec = read_spec(model, Path(folder) if folder else WEIGHTS_DIR)
     except Exception:  # noqa: BLE001 -- no or unreadable spec: the defaults
         return thr
-    thr.update({k: float(v) for k, v in (spec.thresholds or {}).items() if k.startswith("detect_")})
+    stored = spec.thresholds or {}
+    thr.update({k: float(v) for k, v in stored.items() if k.startswith("detect_")})
+    if not first_pass:
+        thr.update({k.split("/", 1)[1]: float(v) for k, v in stored.items() if k.startswith("gstn_only/detect_")})
     return thr
 
 
@@ -454,20 +461,51 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
     return probs, out, list(spec.classes)
 
 
-def decide(probs: np.ndarray, classes: list, params: DetectParams) -> tuple[np.ndarray, np.ndarray]:
-    """Class (or '' for none) and score per cell from per-class probability thresholds."""
+def decide(probs: np.ndarray, classes: list, params: DetectParams, first: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Class (or '' for none) and score per cell from per-class probability thresholds.
+
+    With ``first`` (n, 2: the first pass's mitotic figure and granulocyte probabilities) a
+    class's score is the geometric mean of the two networks' probabilities, ``sqrt(p_first *
+    p_gstn)`` (cell-gstn's alone where ``first`` is NaN); else cell-gstn's probability. A cell takes the class whose score is furthest
+    above its threshold.
+
+    >>> p = make_params(device="cpu", screen_model=None, thresholds={"detect_mitotic_figure": 0.5})
+    >>> decide(np.array([[0.9, 0.0, 0.1], [0.3, 0.0, 0.7]]), ["mitotic_figure", "granulocyte", "other"], p)[0].tolist()
+    ['mitotic_figure', '']
+    >>> cls, score = decide(np.array([[0.9, 0.0, 0.1], [0.9, 0.0, 0.1]]), ["mitotic_figure", "granulocyte", "other"],
+    ...                     p, first=np.array([[0.4, 0.0], [0.16, 0.0]]))
+    >>> cls.tolist(), score.round(3).tolist()  # sqrt(0.9 * 0.4) = 0.6; sqrt(0.9 * 0.16) = 0.38 < 0.5
+    (['mitotic_figure', ''], [0.6, 0.0])
+    """
     n = len(probs)
     cls = np.full(n, "", dtype=object)
     score = np.zeros(n)
     best = np.zeros(n)
-    for c in DETECT_CLASSES:
+    for k, c in enumerate(DETECT_CLASSES):
         if c not in classes:
             continue
-        p = probs[:, classes.index(c)]
+        p = probs[:, classes.index(c)].astype(float)
+        if first is not None:
+            q = np.asarray(first, float)[:, k]
+            q = np.where(np.isnan(q), p, q)  # no first pass (heatmap candidates): cell-gstn alone
+            p = np.sqrt(np.clip(p, 0, 1) * np.clip(q, 0, 1))
         t = params.thr(f"detect_{c}")
         ok = (p >= t) & (p / max(t, 1e-6) > best)
         cls[ok], score[ok], best[ok] = c, p[ok], (p / max(t, 1e-6))[ok]
     return cls, score
+
+
+def needs_classifier(first: np.ndarray, params: DetectParams) -> np.ndarray:
+    """Which candidates cell-gstn must see: those whose first-pass probability ``q`` of a class
+    could still reach that class's threshold ``t``. The score is ``sqrt(q * p)`` with ``p <= 1``,
+    so ``q < t**2`` for every class means no detection whatever cell-gstn says: skipping those
+    changes no result."""
+    first = np.asarray(first, float)
+    need = np.zeros(len(first), bool)
+    for k, c in enumerate(DETECT_CLASSES):
+        need |= first[:, k] >= params.thr(f"detect_{c}") ** 2
+    return need
 
 
 def screen_level(slide, slide_mpp: float, screen_mpp: float = SCREEN_MPP) -> int | None:
@@ -511,13 +549,27 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
         rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
         od = None
     f = screen_features(rgb, m, params.thr("detect_nucleus_od"), od=od)
-    f["x"] = ox + (f["x"] + 0.5) * ds - 0.5
+    f["x"] = ox + (f["x"] + 0.5) * ds - 0.5  # level-0 px
     f["y"] = oy + (f["y"] + 0.5) * ds - 0.5
     own = (f.x >= x - 0.5) & (f.x < x + w - 0.5) & (f.y >= y - 0.5) & (f.y < y + h - 0.5)
     f = f[own.to_numpy()]
     n = len(f)
     f = f[screen(f, params.thr("detect_screen_dark"), params.thr("detect_screen_gran_dark"), params.thr("detect_screen_eosin"))]
+    if params.screen_model and len(f):  # the learned first pass
+        p = first_pass(rgb, ((f.x + 0.5) - ox) / ds - 0.5, ((f.y + 0.5) - oy) / ds - 0.5, params)
+        f = f.assign(screen_mitotic_figure=p[:, 0], screen_granulocyte=p[:, 1])
     return f.reset_index(drop=True), n, False
+
+
+def first_pass(rgb: np.ndarray, sx, sy, params: DetectParams) -> np.ndarray:
+    """cell-screen probabilities (n, 3: mitotic figure, granulocyte, other) of the candidates at
+    ``sx, sy`` (pixels of the screening image ``rgb``)."""
+    from ..models.screen_net import screen_probs
+
+    net, spec = load_classifier(params.screen_model, params.device, params.screen_folder)
+    probs = screen_probs(net, rgb, np.asarray(sx, float), np.asarray(sy, float), batch=256)
+    order = [list(spec.classes).index(c) for c in ("mitotic_figure", "granulocyte", "other")]
+    return probs[:, order]
 
 
 def heatmap_candidates(slide, x, y, w, h, slide_mpp, params):
@@ -560,16 +612,24 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
     if len(cand) > 1:  # one crop per cell: merge candidates closer than half the NMS radius
         keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(9).to_numpy(), nms_px / 2)
         cand = cand.iloc[keep].reset_index(drop=True)
+    if "screen_mitotic_figure" in cand and not keep_all:  # cell-gstn only where its answer can matter
+        first = cand[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(float)
+        cand = cand[needs_classifier(np.nan_to_num(first, nan=1.0), params)].reset_index(drop=True)
     det = empty_detections(slide_mpp)
     if len(cand):
         xy = cand[["x", "y"]].to_numpy(float)
         probs, loc, classes = classify_points(slide, xy, slide_mpp, params)
-        cls, score = decide(probs, classes, params)
+        first = cand[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(float) \
+            if "screen_mitotic_figure" in cand else None
+        cls, score = decide(probs, classes, params, first)
         det = pd.DataFrame({"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"})
         for i, c in enumerate(classes):
             det[f"p_{c}"] = probs[:, i].astype(float)
         det["cand_x"], det["cand_y"] = xy[:, 0], xy[:, 1]
         det["dark"], det["eosin"] = cand["dark"].to_numpy(), cand["eosin"].to_numpy()
+        for c in ("screen_mitotic_figure", "screen_granulocyte"):  # the first pass's probabilities
+            if c in cand:
+                det[c] = cand[c].to_numpy(float)
         if not keep_all:
             det = det[det["class"] != ""].reset_index(drop=True)
             if len(det) > 1:
@@ -643,6 +703,7 @@ def detect_task(
     tile_um: float = TILE_UM,
     workers: int = 1,
     model_folder: str | None = None,
+    first_pass: str | None = "cell-screen",
 ) -> Task:
     """Detect mitotic figures and granulocytes in a region of a slide (or all its tissue).
 
@@ -660,6 +721,11 @@ def detect_task(
     device : "auto", "cpu", "cuda"
     thresholds : dict, optional
         Overrides of the ``detect_*`` thresholds (default: the model card's).
+    first_pass : str or None
+        The learned first pass (``cell-screen``) on the screening image: a class's score is
+        ``sqrt(p_first * p_gstn)`` and cell-gstn runs only where that can reach the threshold.
+        None: cell-gstn on every screened blob, its probability is the score (slower; the
+        card's ``gstn_only`` thresholds).
     workers : int
         Tiles run concurrently in this many threads (each with its own file handle).
 
@@ -682,7 +748,7 @@ def detect_task(
     if candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
     params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,
-                         model_folder=model_folder)
+                         model_folder=model_folder, screen_model=first_pass)
     if normalize is not None:
         params = yield from _with_normalizer(slide, params, normalize, device)
     if all_tissue and tissue is None:
@@ -775,10 +841,10 @@ def finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi=None, all_tiss
 
 
 def make_params(model="cell-gstn", device="auto", candidates="nuclei", thresholds=None, tile_um=TILE_UM,
-                model_folder=None, **kw) -> DetectParams:
+                model_folder=None, screen_model: str | None = "cell-screen", **kw) -> DetectParams:
     from ..models.registry import resolve_device
 
-    thr = model_thresholds(model, model_folder)
+    thr = model_thresholds(model, model_folder, first_pass=bool(screen_model))
     if thresholds:
         unknown = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
         if unknown:
@@ -787,7 +853,8 @@ def make_params(model="cell-gstn", device="auto", candidates="nuclei", threshold
     if not tile_um > 2 * 32:
         raise DetectError(f"tile_um must be larger than 64 um, got {tile_um}")
     return DetectParams(model=model, device=str(resolve_device(device)), candidates=candidates, thresholds=thr,
-                        tile_um=float(tile_um), model_folder=None if model_folder is None else str(model_folder), **kw)
+                        tile_um=float(tile_um), model_folder=None if model_folder is None else str(model_folder),
+                        screen_model=screen_model or None, **kw)
 
 
 def _with_normalizer(slide, params: DetectParams, normalize, device):

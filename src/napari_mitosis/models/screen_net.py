@@ -1,0 +1,134 @@
+"""cell-screen: a small CNN that scores screening candidates before the GSTN (a cascade stage).
+
+Whole-slide detection (``pipeline/detect.py``) finds hematoxylin blobs on an
+image read at the screening resolution (0.5 um/px) and, for each candidate that
+passes the hand-set screening thresholds, reads a 128 px crop at 0.25 um/px from
+level 0 and runs the GSTN on it. This network looks at a ``P x P`` patch
+(default 32 px = 16 um) of the screening image itself -- already in memory, no
+extra read -- and returns the probabilities of ``mitotic_figure``,
+``granulocyte`` and ``other``, so that the expensive stage runs only on the
+candidates it keeps (``thresholds["keep"]`` of the shipped spec on
+``max(p_mitotic_figure, p_granulocyte)``).
+
+Network: four 3x3 conv + BN + ReLU stages (8-16-32-64 channels by default),
+2x2 max pooling between them, global average + max pooling, one linear layer.
+Input: RGB uint8 values as float (0-255); the scaling is inside the network.
+
+See ``models/train_screen.py`` (data, training) and ``docs/screen_net.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASSES = ("mitotic_figure", "granulocyte", "other")
+SCREEN_MPP = 0.5
+PATCH = 32
+
+
+def build_screen_net(widths=(8, 16, 32, 64), n_classes: int = 3, patch_size: int = PATCH, dropout: float = 0.1):
+    """The registry builder: ``ScreenNet`` with the given stage widths."""
+    import torch
+    from torch import nn
+
+    class ScreenNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers, c_in = [], 3
+            for i, w in enumerate(widths):
+                if i:
+                    layers.append(nn.MaxPool2d(2))
+                layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c_in = w
+            self.features = nn.Sequential(*layers)
+            self.drop = nn.Dropout(dropout)
+            self.head = nn.Linear(2 * c_in, n_classes)
+            self.patch_size = patch_size
+
+        def forward(self, x):  # x: (n, 3, P, P) float, RGB values 0..255
+            f = self.features(x * (1.0 / 127.5) - 1.0)
+            f = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
+            return self.head(self.drop(f))
+
+    return ScreenNet()
+
+
+def patches_at(rgb: np.ndarray, xs, ys, size: int = PATCH) -> np.ndarray:
+    """``(n, size, size, 3)`` uint8 patches of ``rgb`` centred on the points (white outside the image).
+
+    The patch of a point at pixel ``(x, y)`` spans columns ``round(x) - size // 2``
+    to ``round(x) + (size - 1) // 2`` (the pixel itself is the centre, or just
+    right/below of it for even sizes).
+
+    >>> img = np.zeros((10, 10, 3), np.uint8)
+    >>> p = patches_at(img, [0.0, 5.0], [0.0, 5.0], 4)
+    >>> p.shape, int(p[0, 0, 0, 0]), int(p[0, 2, 2, 0]), int(p[1].max())
+    ((2, 4, 4, 3), 255, 0, 0)
+    """
+    rgb = np.asarray(rgb)
+    xs = np.rint(np.asarray(xs, float)).astype(np.int64).reshape(-1)
+    ys = np.rint(np.asarray(ys, float)).astype(np.int64).reshape(-1)
+    n = len(xs)
+    if n == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    off = np.arange(size) - size // 2
+    xi, yi = xs[:, None] + off, ys[:, None] + off  # (n, size)
+    h, w = rgb.shape[:2]
+    inside_x, inside_y = (xi >= 0) & (xi < w), (yi >= 0) & (yi < h)
+    out = rgb[np.clip(yi, 0, h - 1)[:, :, None], np.clip(xi, 0, w - 1)[:, None, :], :3]
+    if not (inside_x.all() and inside_y.all()):
+        out[~(inside_y[:, :, None] & inside_x[:, None, :])] = 255
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def to_tensor(patches: np.ndarray):
+    """``(n, P, P, 3)`` uint8 -> ``(n, 3, P, P)`` float32 tensor in channels-last memory."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float()
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def fuse_for_inference(net):
+    """A copy of ``net`` in eval mode with each BatchNorm folded into its conv (~1.5x faster on CPU).
+
+    Call once after loading; ``screen_probs`` gives the same probabilities (to float rounding)."""
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(net).eval()
+    f = fused.features
+    for i in range(len(f) - 1):
+        if isinstance(f[i], torch.nn.Conv2d) and isinstance(f[i + 1], torch.nn.BatchNorm2d):
+            f[i] = fuse_conv_bn_eval(f[i], f[i + 1])
+            f[i + 1] = torch.nn.Identity()
+    return fused.to(memory_format=torch.channels_last)
+
+
+def screen_probs(net, rgb: np.ndarray, xs, ys, batch: int = 256) -> np.ndarray:
+    """Softmax probabilities ``(n, 3)`` float32 of the candidates at ``(xs, ys)`` (pixels of ``rgb``).
+
+    ``rgb`` must be at the network's pixel size (0.5 um/px for ``cell-screen``).
+    """
+    import torch
+
+    size = int(getattr(net, "patch_size", PATCH))
+    xs = np.asarray(xs, float).reshape(-1)
+    ys = np.asarray(ys, float).reshape(-1)
+    n_cls = net.head.out_features if hasattr(net, "head") else len(CLASSES)
+    out = np.zeros((len(xs), n_cls), np.float32)
+    if len(xs) == 0:
+        return out
+    was_training = net.training
+    net.eval()
+    dev = next(net.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(xs), batch):
+            p = patches_at(rgb, xs[i : i + batch], ys[i : i + batch], size)
+            logits = net(to_tensor(p).to(dev))
+            out[i : i + batch] = torch.softmax(logits.float(), 1).cpu().numpy()
+    if was_training:
+        net.train()
+    return out
