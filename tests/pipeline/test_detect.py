@@ -194,15 +194,15 @@ def test_the_shipped_cascade_on_real_mitos_frames_finds_mitoses_with_few_false_a
         img = imread(root / f)[..., :3]
         slide = Slide(path=root / f, levels=[da.from_array(img, chunks=(1024, 1024, 3))], mpp=0.368, format="image")
         gt = pts[(pts.frame == f) & (pts.label == "mitosis")][["x", "y"]].to_numpy(float)
-        for first in found:
+        for first, counts in found.items():
             det = detect_tile(slide, 0, 0, img.shape[1], img.shape[0], make_params(device="cpu", screen_model=first),
                               0.368)["detections"]
             xy = det.loc[det["class"] == "mitotic_figure", ["x", "y"]].to_numpy(float)
             d, i = cKDTree(gt).query(xy) if len(xy) else (np.zeros(0), np.zeros(0, int))
             tp = len(set(i[d * 0.368 <= 7.5]))
-            found[first][0] += tp
-            found[first][1] += int((d * 0.368 > 7.5).sum())
-            found[first][2] += len(gt) - tp
+            counts[0] += tp
+            counts[1] += int((d * 0.368 > 7.5).sum())
+            counts[2] += len(gt) - tp
     tp, fp, fn = found["cell-screen"]
     assert tp / (tp + fn) >= 0.6 and tp / max(tp + fp, 1) >= 0.5  # 26 of 34, 13 false alarms when written
     assert fp < found[None][1] / 3  # cell-gstn alone: 111 false alarms on the same frames
