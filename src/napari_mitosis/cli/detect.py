@@ -113,8 +113,28 @@ def _common(p):
                    help="override a detection threshold, e.g. mitotic_figure=0.7 (repeatable)")
 
 
+def _configure_train_screen(p):
+    p.add_argument("--data", default=None, help="the labelled data (default ../shared/data)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time (default 4, as the shipped model)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default=None, help="folder for the model files (default: ship into the package)")
+
+
+def cmd_train_screen(args) -> int:
+    from ..models.train_screen import main
+
+    argv = ["train", "--minutes", str(args.minutes), "--seed", str(args.seed), "--ship"]
+    argv += ["--data", args.data] if args.data else []
+    argv += ["--out", args.out] if args.out else []
+    return main(argv)
+
+
 def register(sub) -> None:
     """Add the detection sub-commands to the CLI."""
+    from . import train
+
+    train.add_trainer("screen", "train cell-screen, the learned first pass of whole-slide detection",
+                      _configure_train_screen, cmd_train_screen)
     d = sub.add_parser("detect", help="detect mitotic figures and granulocytes in a slide or image -> CSV/GeoJSON")
     d.add_argument("input", help="a slide or a plain image (plain images need --mpp)")
     d.add_argument("--out", required=True, help="detections file to write (.csv or .geojson)")

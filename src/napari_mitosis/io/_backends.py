@@ -51,6 +51,7 @@ def open_tiff(path: Path) -> Slide:
         tf = tifffile.TiffFile(path)
     except Exception as exc:
         raise SlideError(f"{path}: not a readable TIFF, the file is truncated or corrupt ({exc})") from exc
+    closers = [tf.close]
     try:
         if not tf.series:
             raise SlideError(f"{path}: the TIFF holds no image; the file is corrupt or truncated")
@@ -70,12 +71,15 @@ def open_tiff(path: Path) -> Slide:
             chunks = tuple(2 * c if ax in "YX" else c for ax, c in zip(lev.axes, tile, strict=True))
             arr = da.from_zarr(z, chunks=chunks, name=f"tiff-{path}-{os.path.getmtime(path)}-{i}", inline_array=True)
             levels.append(_merge_thin_strips(_to_rgb(path, arr, lev.axes)))
-            # read_region of a plain RGB level slices the store directly: no per-tile dask overhead
-            direct.append(_direct_reader(z) if lev.axes == "YXS" and z.shape[2] == 3 else None)
+            # read_region of a plain RGB level decodes the file's tiles itself (tiled pages), or
+            # slices the zarr store: no per-tile dask overhead
+            reader = _tile_reader(path, lev, closers) if lev.axes == "YXS" and z.shape[2] == 3 else None
+            direct.append(reader or (_direct_reader(z) if lev.axes == "YXS" and z.shape[2] == 3 else None))
         mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
         associated = _tiff_associated(tf, fmt)
     except BaseException:
-        tf.close()
+        for close in closers:
+            close()
         raise
     return Slide(
         path=path,
@@ -86,9 +90,49 @@ def open_tiff(path: Path) -> Slide:
         mpp_source=mpp_source,
         file_levels=len(levels),
         _associated=associated,
-        _closers=[tf.close],
+        _closers=closers,
         _direct=direct,
     )
+
+
+def _tile_reader(path, level, closers):
+    """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
+    under the region with tifffile's own codec in the calling thread, each once per call, from a
+    file descriptor of its own (``os.pread``: no shared file position, no lock); None for other
+    layouts (they go through the zarr store). About twice as fast as slicing the zarr store, and
+    the codecs release the GIL, so tile threads decode in parallel."""
+    try:
+        page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
+        if len(level.pages) != 1 or not page.is_tiled or page.planarconfig != 1 or page.samplesperpixel != 3 \
+                or page.bitspersample != 8 or page.imagedepth != 1 or page.tiledepth != 1:
+            return None
+        th, tw, H, W = int(page.tilelength), int(page.tilewidth), int(page.imagelength), int(page.imagewidth)
+        offsets = np.asarray(page.dataoffsets, np.int64)
+        counts = np.asarray(page.databytecounts, np.int64)
+        decode, tables = page.decode, page.jpegtables
+    except Exception:  # noqa: BLE001 -- anything unusual: the zarr store
+        return None
+    ntx = -(-W // tw)
+    if len(offsets) != ntx * -(-H // th):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    closers.append(lambda: os.close(fd))
+
+    def read(y0, y1, x0, x1):
+        out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # empty tiles: 0, as the zarr store fills them
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                i = ty * ntx + tx
+                if counts[i] <= 0:
+                    continue
+                seg, _, _ = decode(os.pread(fd, int(counts[i]), int(offsets[i])), i, jpegtables=tables)
+                seg = np.asarray(seg).reshape(th, tw, -1)
+                ya, yb = max(y0, ty * th), min(y1, (ty + 1) * th)
+                xa, xb = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = seg[ya - ty * th : yb - ty * th, xa - tx * tw : xb - tx * tw, :3]
+        return out
+
+    return read
 
 
 def _direct_reader(z):
