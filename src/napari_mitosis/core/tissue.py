@@ -111,23 +111,31 @@ def tissue_mask(
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], bool)
     px_um2 = (mpp or 8.0) ** 2
-    hsv = color.rgb2hsv(rgb)
-    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    od = rgb_to_od(rgb, background=_background_level(rgb)).sum(axis=2)
+    background = _background_level(rgb)
+    # per-pixel colour tests in bands of rows: the float images of a band, not of the whole
+    # overview, are in memory at once (a 4-gigapixel slide's overview is 2048 x 2048 px)
+    sat = np.empty(rgb.shape[:2])
+    keep = np.empty(rgb.shape[:2], bool)
+    for r0 in range(0, rgb.shape[0], 256):
+        band = rgb[r0 : r0 + 256]
+        hsv = color.rgb2hsv(band)
+        hue, s, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+        sat[r0 : r0 + 256] = s
+        ok = rgb_to_od(band, background=background).sum(axis=2) > 0.12
+        if exclude_pen:
+            green_cyan = (hue > 0.17) & (hue < 0.6) & (s > 0.15)
+            blue = (hue >= 0.6) & (hue < 0.67) & (s > 0.4)  # hematoxylin is purpler (hue > 0.68)
+            dark_grey = (val < 0.25) & (s < 0.25)  # black ink, slide edges, dust
+            ok &= ~(green_cyan | blue | dark_grey)
+        keep[r0 : r0 + 256] = ok
 
     # adaptive saturation threshold (Otsu), bounded so a slide that is all
     # tissue or all glass still gets a sensible answer
     sat_thr = 0.07
     if sat.max() - sat.min() > 0.05:
         sat_thr = float(np.clip(filters.threshold_otsu(sat), 0.05, 0.15))
-    mask = (sat > sat_thr) & (od > 0.12)
-
-    if exclude_pen:
-        green_cyan = (hue > 0.17) & (hue < 0.6) & (sat > 0.15)
-        blue = (hue >= 0.6) & (hue < 0.67) & (sat > 0.4)  # hematoxylin is purpler (hue > 0.68)
-        pen = green_cyan | blue
-        dark_grey = (val < 0.25) & (sat < 0.25)  # black ink, slide edges, dust
-        mask &= ~(pen | dark_grey)
+    mask = (sat > sat_thr) & keep
+    del sat, keep
 
     radius = max(1, int(round(16.0 / np.sqrt(px_um2))))  # 16 um: bridges gaps between fibres
     mask = morphology.closing(mask, morphology.disk(radius)).astype(bool)
