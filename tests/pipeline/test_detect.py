@@ -206,3 +206,29 @@ def test_the_shipped_cascade_on_real_mitos_frames_finds_mitoses_with_few_false_a
     tp, fp, fn = found["cell-screen"]
     assert tp / (tp + fn) >= 0.6 and tp / max(tp + fp, 1) >= 0.5  # 26 of 34, 13 false alarms when written
     assert fp < found[None][1] / 3  # cell-gstn alone: 111 false alarms on the same frames
+
+
+def test_heatmap_peaks_as_candidates_alone_or_with_the_blobs(synthetic_slide_file):
+    """--candidates heatmap|both: heatmap peaks (no first pass) are scored by cell-gstn alone; with
+    both, a peak on a screened blob merges into the blob, which keeps its first-pass scores."""
+    from napari_mitosis.pipeline import detect
+
+    slide = open_slide(synthetic_slide_file)
+    tile = (400, 0, 600, 560)
+    kw = {"device": "cpu", "thresholds": SYNTH}
+    blobs = detect.detect_tile(slide, *tile, make_params(**kw), 0.25, keep_all=True)
+    peaks = detect.detect_tile(slide, *tile, make_params(candidates="heatmap", **kw), 0.25, keep_all=True)
+    both = detect.detect_tile(slide, *tile, make_params(candidates="both", **kw), 0.25, keep_all=True)
+    assert peaks["screened"] >= 1 and "screen_mitotic_figure" not in peaks["detections"]
+    p = peaks["detections"]
+    called = p["class"] == "mitotic_figure"
+    assert np.allclose(p.loc[called, "score"], p.loc[called, "p_mitotic_figure"])  # cell-gstn's probability alone
+    b = both["detections"]
+    assert max(blobs["screened"], peaks["screened"]) <= both["screened"] <= blobs["screened"] + peaks["screened"]
+    scored = b["screen_mitotic_figure"].notna()
+    assert scored.sum() == blobs["screened"]  # every blob kept, with its first-pass score
+    first = b[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy()
+    cls, score = detect.decide(b[["p_mitotic_figure", "p_granulocyte", "p_other"]].to_numpy(),
+                               ["mitotic_figure", "granulocyte", "other"], make_params(**kw), first)
+    assert list(cls) == list(b["class"]) and np.allclose(score, b["score"])
+    slide.close()

@@ -609,8 +609,9 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
         frames.append(heatmap_candidates(slide, x, y, w, h, slide_mpp, params))
     cand = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
     nms_px = params.thr("detect_nms_um") / slide_mpp
-    if len(cand) > 1:  # one crop per cell: merge candidates closer than half the NMS radius
-        keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(9).to_numpy(), nms_px / 2)
+    if len(cand) > 1:  # one crop per cell: merge candidates closer than half the NMS radius; a nucleus
+        # blob wins over a heatmap peak on the same cell (it has the first pass's scores)
+        keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(-1).to_numpy(), nms_px / 2)
         cand = cand.iloc[keep].reset_index(drop=True)
     if "screen_mitotic_figure" in cand and not keep_all:  # cell-gstn only where its answer can matter
         first = cand[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(float)
