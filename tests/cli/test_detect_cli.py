@@ -36,6 +36,10 @@ def test_bad_roi_and_threshold_are_one_line_errors(tmp_path, capsys, synthetic_s
     assert "--roi must be x,y,w,h" in capsys.readouterr().err
     assert main(["detect", str(synthetic_slide_file), "--threshold", "mitosis=0.5", "--out", str(tmp_path / "d.csv")]) == 2
     assert "unknown threshold" in capsys.readouterr().err
+    assert main(["detect", str(synthetic_slide_file), "--first-pass", "nope", "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no model named 'nope'" in err and "cell-screen" in err and "Traceback" not in err
+    assert not (tmp_path / "d.csv").exists()
 
 
 def test_analyze_many_slides_writes_a_summary_with_every_slide(tmp_path, capsys, synthetic_slide_file):

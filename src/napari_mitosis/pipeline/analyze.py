@@ -242,6 +242,8 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
         from .detect import load_classifier
 
         load_classifier(params.model, params.device, params.model_folder)  # a missing model fails here, not in every tile
+        if params.screen_model:
+            load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False)
         jobs = [TileJob(str(Path(path).resolve()), slide_mpp, t, params) for t in tiles]
         frames, failed, n_cand, n_scr = [], [], 0, 0
         total = max(len(jobs), 1)
