@@ -65,20 +65,25 @@ def patches_at(rgb: np.ndarray, xs, ys, size: int = PATCH) -> np.ndarray:
     >>> p.shape, int(p[0, 0, 0, 0]), int(p[0, 2, 2, 0]), int(p[1].max())
     ((2, 4, 4, 3), 255, 0, 0)
     """
-    rgb = np.asarray(rgb)
+    rgb = np.asarray(rgb)[..., :3]
     xs = np.rint(np.asarray(xs, float)).astype(np.int64).reshape(-1)
     ys = np.rint(np.asarray(ys, float)).astype(np.int64).reshape(-1)
     n = len(xs)
     if n == 0:
         return np.zeros((0, size, size, 3), np.uint8)
-    off = np.arange(size) - size // 2
-    xi, yi = xs[:, None] + off, ys[:, None] + off  # (n, size)
     h, w = rgb.shape[:2]
-    inside_x, inside_y = (xi >= 0) & (xi < w), (yi >= 0) & (yi < h)
-    out = rgb[np.clip(yi, 0, h - 1)[:, :, None], np.clip(xi, 0, w - 1)[:, None, :], :3]
-    if not (inside_x.all() and inside_y.all()):
-        out[~(inside_y[:, :, None] & inside_x[:, None, :])] = 255
-    return np.ascontiguousarray(out, dtype=np.uint8)
+    lo, hi = size // 2, (size - 1) // 2
+    if xs.min() >= lo and ys.min() >= lo and xs.max() < w - hi and ys.max() < h - hi:
+        padded, ox, oy = rgb, -lo, -lo  # all inside: no copy of the image
+    else:  # white margins wide enough for every point (points far outside see only white)
+        px = int(max(lo - xs.min(), xs.max() - (w - 1 - hi), 0))
+        py = int(max(lo - ys.min(), ys.max() - (h - 1 - hi), 0))
+        padded = np.pad(rgb, ((py, py), (px, px), (0, 0)), constant_values=255)
+        ox, oy = px - lo, py - lo
+    # every patch is a window of the image: rows of `size` pixels copied as blocks, no gather
+    win = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(0, 1))  # (H', W', 3, size, size)
+    out = win[ys + oy, xs + ox]  # (n, 3, size, size)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1), dtype=np.uint8)
 
 
 def to_tensor(patches: np.ndarray):
