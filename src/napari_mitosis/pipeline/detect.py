@@ -6,13 +6,15 @@ Pipeline (per tile; tiles are independent tasks, see :mod:`.analyze`)::
       -> candidates: hematoxylin blobs read at SCREEN_MPP (0.5 um/px, a coarse pyramid
          level), screened by darkness (condensed chromatin) or eosin around them
          (granulocyte cytoplasm), and/or heatmap peaks
-      -> cell-gstn on a 32 x 32 um crop (0.25 um/px) around each screened candidate:
-         class probabilities and the localised cell position
-      -> per-class probability thresholds -> non-maximum suppression by distance
+      -> cell-screen, the learned first pass, on a 16 um patch of the screening image:
+         class probabilities of every screened candidate
+      -> cell-gstn on a 32 x 32 um crop (0.25 um/px) around each candidate whose first-pass
+         probability can still make a detection: class probabilities and the localised cell
+      -> per-class thresholds on sqrt(p_first * p_gstn) -> non-maximum suppression by distance
       -> detections: x, y (level-0 px), class, score, status (io/detections schema)
 
-Only the screened candidates are read at full resolution and sent through the
-network, so most of a slide is decoded only at the screening level; the
+Only the candidates the first pass keeps are read at full resolution and sent
+through cell-gstn, so most of a slide is decoded only at the screening level; the
 screening thresholds trade speed for recall and are chosen on validation data
 together with the class thresholds (``detect_*`` keys of the model's spec,
 ``cell-gstn.json``; see docs/detection.md).
