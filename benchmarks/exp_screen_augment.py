@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import eval_screen as ES
 
 from napari_mitosis.models import train_screen as TS
-from napari_mitosis.models.screen_net import CLASSES, PATCH, build_screen_net
+from napari_mitosis.models.screen_net import CLASSES, PATCH
 
 OUTD = ROOT / "benchmarks" / "data" / "screen_xdomain"
 OUTD.mkdir(parents=True, exist_ok=True)
@@ -111,61 +111,24 @@ def augment_x(x, gen, size=PATCH, train=True, stain=0.4, stain_shift=0.08, hue=0
     return standardise(y) if norm else y.contiguous(memory_format=torch.channels_last)
 
 
-def train_x(patches, table, cfg, minutes=4.0, batch=128, lr=3e-3, widths=(8, 16, 32, 64), size=PATCH,
-            hard_weight=3.0, class_share=(0.35, 0.25, 0.40), smoothing=0.05, mitos_weight=5.0, seed=1, log=print):
-    """Copy of train_screen.train_screen with a pluggable augmentation."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    lab = table["label"].to_numpy()
-    idx = {c: np.flatnonzero(lab == c) for c in CLASSES}
-    share = np.array([class_share[i] if len(idx[c]) else 0.0 for i, c in enumerate(CLASSES)])
-    share = share / share.sum()
-    status, dataset = table["status"].to_numpy(), table["dataset"].to_numpy()
-    w = np.where(np.isin(status, ["hard_negative", "rbc"]), hard_weight, 1.0)
-    w = np.where((lab == "mitotic_figure") & (dataset == "mitos"), mitos_weight, w)
-    wts = {c: (w[idx[c]] / w[idx[c]].sum()) if len(idx[c]) else None for c in CLASSES}
-    data = torch.from_numpy(patches)
-    net = build_screen_net(widths=widths, patch_size=size).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
-    t0, step, hist, run_loss = time.time(), 0, [], None
-    budget = minutes * 60
-    net.train()
-    while True:
-        el = time.time() - t0
-        if el >= budget:
-            break
-        frac = el / budget
-        for g in opt.param_groups:
-            g["lr"] = lr * (min(1.0, (step + 1) / 200)) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        counts = rng.multinomial(batch, share)
-        sel = [rng.choice(idx[c], k, replace=True, p=wts[c]) if k else np.zeros(0, int)
-               for c, k in zip(CLASSES, counts, strict=True)]
-        b = np.concatenate(sel)
-        y = torch.from_numpy(np.repeat(np.arange(3), counts))
-        xb = data[torch.from_numpy(b)]
-        x = TS.augment(xb, gen, size, train=True) if cfg.get("orig") else augment_x(xb, gen, size, True, **cfg)
-        loss = F.cross_entropy(net(x), y, label_smoothing=smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run_loss = loss.item() if run_loss is None else 0.98 * run_loss + 0.02 * loss.item()
-        step += 1
-        if step % 1000 == 0:
-            log(f"  step {step} loss {run_loss:.3f} {time.time() - t0:.0f} s")
-    net.eval()
-    hist.append({"step": step, "loss": round(run_loss, 4), "seconds": round(time.time() - t0, 1)})
-    return net, hist
+def _augment_for(cfg):
+    """The variant's augmentation, with train_screen.augment's signature."""
+    if cfg.get("orig"):
+        return None  # train_screen's own
+
+    def aug(x, gen, size=PATCH, train=True):
+        return augment_x(x, gen, size, train, **cfg)
+
+    return aug
+
+
+def train_x(patches, table, cfg, minutes=4.0, seed=1, log=print):
+    """train_screen.train_screen (the shipped recipe) with the variant's augmentation."""
+    return TS.train_screen(patches, table, minutes=minutes, seed=seed, log=log, augment_fn=_augment_for(cfg))
 
 
 def predict_x(net, patches, cfg, batch=512):
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(patches), batch):
-            xb = torch.from_numpy(patches[i: i + batch])
-            x = TS.augment(xb, None, PATCH, train=False) if cfg.get("orig") else augment_x(xb, None, train=False, **cfg)
-            out.append(torch.softmax(net(x), 1).numpy())
-    return np.concatenate(out)
+    return TS.predict_patches(net, patches, batch=batch, augment_fn=_augment_for(cfg))
 
 
 # ------------------------------------------------------------------ evaluation

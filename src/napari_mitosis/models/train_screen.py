@@ -281,14 +281,15 @@ def augment(x, gen, size: int = PATCH, train: bool = True, stain: float = 0.2, s
 def train_screen(patches: np.ndarray, table: pd.DataFrame, minutes: float = 5.0, batch: int = 128,
                  lr: float = 3e-3, widths=(8, 16, 32, 64), size: int = PATCH, hard_weight: float = 3.0,
                  class_share=(0.35, 0.25, 0.40), smoothing: float = 0.05, mitos_weight: float = 5.0, seed: int = 0, max_steps: int | None = None,
-                 log=print):
+                 log=print, augment_fn=None):
     """Train a ScreenNet on labelled candidates (``table.label`` in CLASSES, rows aligned with ``patches``).
 
     Batches: ``class_share`` of each class (granulocyte share moved to the others
     when there is none); within ``other``, hard negatives (MITOS look-alikes) and
     RBC-cluster candidates drawn ``hard_weight`` times as often, within
     ``mitotic_figure`` the MITOS-frame mitoses ``mitos_weight`` times as often. Stops after
-    ``minutes`` (or ``max_steps``). Returns ``(net, history)``.
+    ``minutes`` (or ``max_steps``). ``augment_fn(x, gen, size, train)``: another augmentation
+    (default :func:`augment`; for experiments). Returns ``(net, history)``.
     """
     import torch
     import torch.nn.functional as F
@@ -325,7 +326,7 @@ def train_screen(patches: np.ndarray, table: pd.DataFrame, minutes: float = 5.0,
                for c, k in zip(CLASSES, counts, strict=True)]
         b = np.concatenate(sel)
         y = torch.from_numpy(np.repeat(np.arange(3), counts))
-        x = augment(data[torch.from_numpy(b)], gen, size, train=True)
+        x = (augment_fn or augment)(data[torch.from_numpy(b)], gen, size, train=True)
         loss = F.cross_entropy(net(x), y, label_smoothing=smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -340,15 +341,15 @@ def train_screen(patches: np.ndarray, table: pd.DataFrame, minutes: float = 5.0,
     return net, hist
 
 
-def predict_patches(net, patches: np.ndarray, size: int = PATCH, batch: int = 512) -> np.ndarray:
-    """Probabilities of stored patches (centre crop)."""
+def predict_patches(net, patches: np.ndarray, size: int = PATCH, batch: int = 512, augment_fn=None) -> np.ndarray:
+    """Probabilities of stored patches (centre crop; ``augment_fn`` as in :func:`train_screen`)."""
     import torch
 
     out = []
     net.eval()
     with torch.no_grad():
         for i in range(0, len(patches), batch):
-            x = augment(torch.from_numpy(patches[i : i + batch]), None, size, train=False)
+            x = (augment_fn or augment)(torch.from_numpy(patches[i : i + batch]), None, size, train=False)
             out.append(torch.softmax(net(x), 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
