@@ -216,7 +216,16 @@ def test_pyramid_writer_reports_progress_to_the_end(tmp_path, synth):
 
 
 def test_direct_and_lazy_reads_agree(synthetic_slide_file):
+    """read_region decodes a tiled level's tiles itself; the pixels are those of the lazy
+    (zarr/dask) level, inside tiles, across tile edges and at the image border, on every level."""
     with open_slide(synthetic_slide_file) as slide:
-        direct = slide.read_region(0, 123, 77, 700, 500)
-        lazy = slide.levels[0][77:577, 123:823].compute()
-    np.testing.assert_array_equal(direct, lazy)
+        assert all(d is not None and "_tile_reader" in d.__qualname__ for d in slide._direct[: slide.file_levels])
+        for level in range(slide.file_levels):
+            H, W = slide.levels[level].shape[:2]
+            ds = slide.level_downsamples[level]
+            for x, y, w, h in ((123, 77, 700, 500), (0, 0, 1, 1), (255, 255, 2, 2), (W - 300, H - 200, 300, 200)):
+                x, y = max(x, 0), max(y, 0)
+                w, h = min(w, W - x), min(h, H - y)
+                direct = slide.read_region(level, round(x * ds), round(y * ds), w, h)
+                lazy = slide.levels[level][y : y + h, x : x + w].compute()
+                np.testing.assert_array_equal(direct, lazy)

@@ -73,8 +73,8 @@ def open_tiff(path: Path) -> Slide:
             levels.append(_merge_thin_strips(_to_rgb(path, arr, lev.axes)))
             # read_region of a plain RGB level decodes the file's tiles itself (tiled pages), or
             # slices the zarr store: no per-tile dask overhead
-            reader = _tile_reader(path, lev, closers) if lev.axes == "YXS" and z.shape[2] == 3 else None
-            direct.append(reader or (_direct_reader(z) if lev.axes == "YXS" and z.shape[2] == 3 else None))
+            rgb = lev.axes == "YXS" and z.shape[2] == 3
+            direct.append((_tile_reader(path, lev, closers, _direct_reader(z)) or _direct_reader(z)) if rgb else None)
         mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
         associated = _tiff_associated(tf, fmt)
     except BaseException:
@@ -95,30 +95,46 @@ def open_tiff(path: Path) -> Slide:
     )
 
 
-def _tile_reader(path, level, closers):
+def _tile_reader(path, level, closers, fallback):
     """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
     under the region with tifffile's own codec in the calling thread, each once per call, from a
     file descriptor of its own (``os.pread``: no shared file position, no lock); None for other
     layouts (they go through the zarr store). About twice as fast as slicing the zarr store, and
-    the codecs release the GIL, so tile threads decode in parallel."""
+    the codecs release the GIL, so tile threads decode in parallel. Nothing is read at open:
+    the tile offsets and the descriptor come with the first read (``fallback``, the zarr
+    reader, when the offsets do not match the tile grid)."""
+    import threading
+
     try:
         page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
         if len(level.pages) != 1 or not page.is_tiled or page.planarconfig != 1 or page.samplesperpixel != 3 \
                 or page.bitspersample != 8 or page.imagedepth != 1 or page.tiledepth != 1:
             return None
         th, tw, H, W = int(page.tilelength), int(page.tilewidth), int(page.imagelength), int(page.imagewidth)
-        offsets = np.asarray(page.dataoffsets, np.int64)
-        counts = np.asarray(page.databytecounts, np.int64)
-        decode, tables = page.decode, page.jpegtables
     except Exception:  # noqa: BLE001 -- anything unusual: the zarr store
         return None
     ntx = -(-W // tw)
-    if len(offsets) != ntx * -(-H // th):
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    closers.append(lambda: os.close(fd))
+    state, lock = {}, threading.Lock()
+
+    def _init():
+        with lock:
+            if not state:
+                offsets = np.asarray(page.dataoffsets, np.int64)
+                counts = np.asarray(page.databytecounts, np.int64)
+                if len(offsets) != ntx * -(-H // th) or len(counts) != len(offsets):
+                    state["fallback"] = True
+                    return state
+                fd = os.open(path, os.O_RDONLY)
+                closers.append(lambda: os.close(fd))
+                state.update(fallback=False, fd=fd, offsets=offsets, counts=counts, decode=page.decode,
+                             tables=page.jpegtables)
+        return state
 
     def read(y0, y1, x0, x1):
+        st = state or _init()
+        if st["fallback"]:
+            return fallback(y0, y1, x0, x1)
+        fd, offsets, counts, decode, tables = st["fd"], st["offsets"], st["counts"], st["decode"], st["tables"]
         out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # empty tiles: 0, as the zarr store fills them
         for ty in range(y0 // th, (y1 - 1) // th + 1):
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
