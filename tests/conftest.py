@@ -22,6 +22,15 @@ def shared_file(*parts) -> Path:
     return path
 
 
+def shipped_mil_geometry() -> tuple[int, int]:
+    """Map stride and minimum input (working px) of the shipped ``mitosis-mil`` (2 stages: 8 and 16)."""
+    from napari_mitosis.models.mil import min_input
+    from napari_mitosis.models.registry import read_spec
+
+    stages = read_spec("mitosis-mil").config["stages"]
+    return 2 ** (stages + 1), min_input(stages)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: small networks run fastest so on a shared 2-core machine."""

@@ -12,18 +12,9 @@ from skimage.io import imread, imsave
 
 from napari_mitosis.cli import main
 from napari_mitosis.core.synthetic import SyntheticHE
+from tests.conftest import shipped_mil_geometry
 
-
-def _shipped_geometry():
-    """Map stride and minimum input (working px) of the shipped ``mitosis-mil`` (2 stages: 8 and 16)."""
-    from napari_mitosis.models.mil import min_input
-    from napari_mitosis.models.registry import read_spec
-
-    stages = read_spec("mitosis-mil").config["stages"]
-    return 2 ** (stages + 1), min_input(stages)
-
-
-STRIDE, MIN_INPUT = _shipped_geometry()
+STRIDE, MIN_INPUT = shipped_mil_geometry()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
