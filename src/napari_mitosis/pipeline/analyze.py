@@ -239,11 +239,9 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
             except SlideError as exc:  # a corrupt overview: analyse every tile, say so
                 tissue_error = f"no tissue mask ({exc}); every tile analysed, the area is the whole region"
         tiles = plan_tiles(slide, roi, tissue if all_tissue else None, params.tile_um, slide_mpp)
-        from .detect import load_classifier
+        from .detect import load_models
 
-        load_classifier(params.model, params.device, params.model_folder)  # a missing model fails here, not in every tile
-        if params.screen_model:
-            load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False)
+        load_models(params)  # a missing model fails here, not in every tile
         jobs = [TileJob(str(Path(path).resolve()), slide_mpp, t, params) for t in tiles]
         frames, failed, n_cand, n_scr = [], [], 0, 0
         total = max(len(jobs), 1)

@@ -145,6 +145,15 @@ def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | 
     return _MODEL_CACHE[key]
 
 
+def load_models(params: DetectParams) -> tuple:
+    """(cell-gstn, first pass or None) of ``params``, each ``(net, spec)``, loaded once per process:
+    call it before the tiles so that a missing model fails once, with the list of models."""
+    gstn = load_classifier(params.model, params.device, params.model_folder)
+    first = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False) \
+        if params.screen_model else None
+    return gstn, first
+
+
 def _fast_cpu(net, channels_last: bool = True):
     """On a CPU, a channels-last copy of ``net`` with its batch normalisations folded into the
     convolutions: the same outputs (to float rounding, ~1e-6 in the probabilities) about 3x faster
@@ -440,7 +449,7 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
 
     from ..models.gstn import theta_to_xy
 
-    net, spec = load_classifier(params.model, params.device, params.model_folder)
+    net, spec = load_models(params)[0]
     size = int(spec.patch_size)
     inputs, origin, f = _crops(slide, xy, slide_mpp, size, float(spec.mpp))
     if params.normalizer is not None and len(inputs):
@@ -571,7 +580,7 @@ def first_pass(rgb: np.ndarray, sx, sy, params: DetectParams) -> np.ndarray:
     ``sx, sy`` (pixels of the screening image ``rgb``)."""
     from ..models.screen_net import screen_probs
 
-    net, spec = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False)
+    net, spec = load_models(params)[1]
     probs = screen_probs(net, rgb, np.asarray(sx, float), np.asarray(sy, float), batch=256)
     order = [list(spec.classes).index(c) for c in ("mitotic_figure", "granulocyte", "other")]
     return probs[:, order]
@@ -764,9 +773,7 @@ def detect_task(
     tiles = plan_tiles(slide, roi, tissue if all_tissue else None, params.tile_um, slide_mpp)
     total = len(tiles)
     yield Progress(0, max(total, 1), f"detecting in {total} tiles")
-    load_classifier(params.model, params.device, params.model_folder)  # fail early, before any tile
-    if params.screen_model:
-        load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False)
+    load_models(params)
     frames, failed, n_cand, n_scr = [], [], 0, 0
 
     def one(t):
