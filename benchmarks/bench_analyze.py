@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_analyze.py throughput benchmarks/data/real_mitos_grid.ome.tif
     python benchmarks/bench_analyze.py throughput benchmarks/data/synthetic_10k.ome.tif
     python benchmarks/bench_analyze.py memory --sizes 32768 65536
+    python benchmarks/bench_analyze.py profile benchmarks/data/real_mitos_grid.ome.tif --tiles 24
 """
 
 from __future__ import annotations
@@ -221,6 +222,66 @@ def cmd_make_real(args):
     print(f"wrote {path}: {W} x {H} px ({H * W / 1e6:.0f} MP) in {time.perf_counter() - t0:.0f} s")
 
 
+#: the steps of a tile, as the functions that do them (cumulative time of each)
+PROFILE_STEPS = {
+    "screening level read": "tile_candidates>read_region",
+    "optical density + background test": "_od",
+    "screening features": "screen_features",
+    "first pass (cell-screen)": "first_pass",
+    "cell-gstn, crops and network": "classify_points",
+    "  of which the level-0 crops": "_crops",
+}
+
+
+def cmd_profile(args):
+    """One thread, the first ``--tiles`` tissue tiles: where a tile's time goes, and how many
+    blobs reach each stage."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    from napari_mitosis.io import open_slide
+    from napari_mitosis.pipeline.detect import (
+        detect_tile,
+        make_params,
+        plan_tiles,
+        tile_candidates,
+    )
+
+    torch.set_num_threads(1)
+    slide = open_slide(args.slide)
+    params = make_params(device="cpu")
+    tiles = plan_tiles(slide)[: args.tiles]
+    detect_tile(slide, *tiles[0], params, slide.mpp)  # models loaded, caches warm
+    blobs = screened = 0
+    for t in tiles:
+        c, n, _ = tile_candidates(slide, *t, slide.mpp, params)
+        blobs, screened = blobs + n, screened + len(c)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    to_gstn = sum(detect_tile(slide, *t, params, slide.mpp)["screened"] for t in tiles)
+    prof.disable()
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats
+    cum = {}
+    for (_file, _line, name), (_cc, _nc, _tt, ct, callers) in stats.items():
+        for step, key in PROFILE_STEPS.items():
+            parent, _, fn = key.rpartition(">")
+            if name != fn:
+                continue
+            # with a parent: only the time of the calls made from it
+            t = sum(v[3] for (_f, _l, n), v in callers.items() if n == parent) if parent else ct
+            cum[step] = cum.get(step, 0.0) + t
+    mp = sum(t[2] * t[3] for t in tiles) / 1e6
+    res = {"slide": Path(args.slide).name, "tiles": len(tiles), "megapixels": mp, "seconds": total,
+           "mp_per_s_one_thread": mp / total, "blobs": blobs, "screened": screened, "to_cell_gstn": to_gstn,
+           "steps_seconds": cum, "note": "cProfile on (adds overhead); the first pass includes cutting its patches"}
+    print(json.dumps(res, indent=1, default=float))
+    _save(f"profile/{Path(args.slide).name}", res)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -231,6 +292,10 @@ if __name__ == "__main__":
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[32768, 65536])
     m.set_defaults(func=cmd_memory)
+    pr = sub.add_parser("profile")
+    pr.add_argument("slide")
+    pr.add_argument("--tiles", type=int, default=24)
+    pr.set_defaults(func=cmd_profile)
     r = sub.add_parser("make-real")
     r.add_argument("--grid", type=int, default=16)
     r.set_defaults(func=cmd_make_real)
