@@ -96,11 +96,14 @@ def run_tile(job: TileJob) -> dict:
     """Detect in one tile (runs in a worker). A tile that cannot be decoded is reported, not raised."""
     from ..io.slide import SlideError
 
-    if job.params.torch_threads > 0:
+    if job.params.torch_threads > 0:  # tiles run in parallel: one thread each for torch and OpenCV
+        import cv2
         import torch
 
         if torch.get_num_threads() != job.params.torch_threads:
             torch.set_num_threads(job.params.torch_threads)
+        if cv2.getNumThreads() != job.params.torch_threads:
+            cv2.setNumThreads(job.params.torch_threads)
     try:
         slide = _open_cached(job.path, job.mpp)
         return detect_tile(slide, *job.tile, job.params, job.mpp)

@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
@@ -95,7 +96,7 @@ class DetectParams:
     batch: int = 64
     normalizer: object = None  # a fitted StainNormalizer, or None
     norm_source: object = None  # its source statistics for this slide
-    torch_threads: int = 0  # > 0: set torch's threads in the task (worker processes)
+    torch_threads: int = 0  # > 0: set torch's and OpenCV's threads in the task (tiles run in parallel)
     model_folder: str | None = None  # a folder with the model's weights (default: the shipped ones)
     screen_model: str | None = "cell-screen"  # the learned first pass on the screening image (None: off)
     screen_folder: str | None = None  # a folder with its weights (default: the shipped ones)
@@ -205,7 +206,8 @@ def _od_lut() -> np.ndarray:
     if _OD_LUT is None:
         from ..core.stain import rgb_to_od
 
-        _OD_LUT = np.ascontiguousarray(rgb_to_od(np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1))[:, 0])
+        _OD_LUT = np.ascontiguousarray(rgb_to_od(np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1))[:, 0],
+                                       dtype=np.float32)
     return _OD_LUT
 
 
@@ -213,13 +215,58 @@ _OD_LUT = None
 
 
 def _od(rgb: np.ndarray) -> np.ndarray:
-    """``rgb_to_od(rgb)`` by table look-up (one gather instead of a logarithm per value)."""
+    """``rgb_to_od(rgb)`` (float32) by table look-up (OpenCV's LUT: one gather instead of a logarithm per value)."""
     rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         from ..core.stain import rgb_to_od
 
         return rgb_to_od(rgb)
-    return np.take(_od_lut(), rgb)
+    return cv2.LUT(np.ascontiguousarray(rgb), _od_lut())
+
+
+def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(img, sigma)`` of a 2-D float32 image (mode reflect,
+    truncate 4) by OpenCV: equal to float rounding, ~10x faster, and without the GIL.
+
+    >>> from scipy import ndimage as ndi
+    >>> img = np.random.default_rng(0).random((40, 30), dtype=np.float32)
+    >>> bool(np.allclose(_gaussian(img, 2.0), ndi.gaussian_filter(img, 2.0), atol=1e-6))
+    True
+    """
+    r = int(4.0 * float(sigma) + 0.5)
+    return cv2.GaussianBlur(np.ascontiguousarray(img, np.float32), (2 * r + 1, 2 * r + 1), float(sigma),
+                            sigmaY=float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
+def _gaussian_at(img: np.ndarray, sigma: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``_gaussian(img, sigma)[ys, xs]`` (float64), smoothing across rows over the whole image
+    and along them at those pixels only: half the work of the whole-image filter.
+
+    >>> img = np.random.default_rng(0).random((50, 60), dtype=np.float32)
+    >>> ys, xs = np.array([0, 10, 49]), np.array([59, 3, 30])
+    >>> bool(np.allclose(_gaussian_at(img, 3.0, ys, xs), _gaussian(img, 3.0)[ys, xs], atol=1e-6))
+    True
+    """
+    r = int(4.0 * float(sigma) + 0.5)
+    if min(img.shape) <= r or len(ys) * (2 * r + 1) > img.size:  # small image, or dense points
+        return _gaussian(img, sigma)[ys, xs].astype(float)
+    g = cv2.getGaussianKernel(2 * r + 1, float(sigma), cv2.CV_32F)
+    v = cv2.sepFilter2D(np.ascontiguousarray(img, np.float32), -1, np.ones((1, 1), np.float32), g,
+                        borderType=cv2.BORDER_REFLECT)
+    v = cv2.copyMakeBorder(v, 0, 0, r, r, cv2.BORDER_REFLECT)
+    return (v[ys[:, None], xs[:, None] + np.arange(2 * r + 1)] @ g[:, 0]).astype(float)
+
+
+def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
+    """``scipy.ndimage.maximum_filter(a, size)`` (any mode that repeats edge values: reflect,
+    nearest ...) by OpenCV's dilation with a square: exact.
+
+    >>> from scipy import ndimage as ndi
+    >>> a = np.random.default_rng(0).random((20, 25), dtype=np.float32)
+    >>> bool(np.array_equal(_max_filter(a, 7), ndi.maximum_filter(a, 7)))
+    True
+    """
+    return cv2.dilate(np.ascontiguousarray(a), np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT)
 
 
 def _is_background_od(od: np.ndarray) -> bool:
@@ -235,41 +282,6 @@ def _is_background_od(od: np.ndarray) -> bool:
     return True
 
 
-def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
-    """``scipy.ndimage.maximum_filter(a, size)`` (any mode that repeats edge values: reflect,
-    nearest ...), by running maxima over doubling shifts: exact, a few times faster."""
-    r = size // 2
-    out = a
-    for axis in (0, 1):
-        b = np.moveaxis(out, axis, 0)
-        pad = np.full((r,) + b.shape[1:], -np.inf, b.dtype)
-        m = np.concatenate([pad, b, pad])  # outside ignored: reflected values are inside the window anyway
-        n, w, k = b.shape[0], 2 * r + 1, 1
-        while 2 * k <= w:  # m[i] = max of p[i : i + 2k]
-            m = np.maximum(m[:-k], m[k:])
-            k *= 2
-        m = np.maximum(m[:n], m[w - k : w - k + n]) if k < w else m[:n]
-        out = np.ascontiguousarray(np.moveaxis(m, 0, axis))
-    return out
-
-
-def _gaussian_at(img: np.ndarray, sigma: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.gaussian_filter(img, sigma)[ys, xs]`` (mode reflect, truncate 4), computed
-    at those pixels only (equal to float rounding)."""
-    r = int(4.0 * float(sigma) + 0.5)
-    if min(img.shape) <= r or len(ys) * (2 * r + 1) ** 2 > img.size * 4 * (2 * r + 1):  # small image or dense points
-        return ndi.gaussian_filter(img, sigma)[ys, xs].astype(float)
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-0.5 * x * x / (float(sigma) ** 2))
-    g /= g.sum()
-    win = np.lib.stride_tricks.sliding_window_view(np.pad(img, r, mode="symmetric"), (2 * r + 1, 2 * r + 1))
-    out = np.empty(len(ys))
-    for i in range(0, len(ys), 256):
-        w = win[ys[i : i + 256], xs[i : i + 256]]  # (n, 2r+1, 2r+1) windows centred on the points
-        out[i : i + 256] = (w @ g) @ g
-    return out
-
-
 def screen_features(rgb: np.ndarray, mpp: float, nucleus_od: float = DEFAULT_THRESHOLDS["detect_nucleus_od"],
                     od: np.ndarray | None = None) -> pd.DataFrame:
     """Hematoxylin blobs of an RGB image and the features that screen them.
@@ -282,9 +294,9 @@ def screen_features(rgb: np.ndarray, mpp: float, nucleus_od: float = DEFAULT_THR
     brighter one and above ``nucleus_od``. ``od``: the image's optical density,
     when the caller has it already.
 
-    The smoothed eosin is computed at the blobs only (not over the whole image),
-    and the local maxima by an exact running maximum: the same features as the
-    whole-image filters, at a third of the cost.
+    The smoothing and the running maximum are OpenCV's (they equal scipy.ndimage's
+    to float rounding, at a tenth of the cost, and release the GIL, so tiles on
+    threads run in parallel).
 
     Examples
     --------
@@ -298,12 +310,14 @@ def screen_features(rgb: np.ndarray, mpp: float, nucleus_od: float = DEFAULT_THR
 
     od = _od(rgb) if od is None else od
     h = np.maximum(od @ _DECONV[:, 0], 0.0)
-    hs = ndi.gaussian_filter(h, 1.0 / mpp)
+    hs = _gaussian(h, 1.0 / mpp)
     size = 2 * int(round(3.0 / mpp)) + 1
-    peaks = (hs == _max_filter(hs, size)) & (hs > nucleus_od)
-    ys, xs = np.nonzero(peaks)
-    if len(ys) == 0:
+    peaks = cv2.bitwise_and(cv2.compare(hs, _max_filter(hs, size), cv2.CMP_EQ),
+                            cv2.compare(hs, float(nucleus_od), cv2.CMP_GT))
+    at = cv2.findNonZero(peaks)  # (n, 1, 2) x, y in row-major order, like np.nonzero
+    if at is None:
         return pd.DataFrame({"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)})
+    xs, ys = at[:, 0, 0], at[:, 0, 1]
     dark = hs[ys, xs].astype(float)
     eos = _gaussian_at(_eosin_od(od), 3.0 / mpp, ys, xs)
     # relative to the tile's nuclei (stains differ between labs): darkness and eosin over their
