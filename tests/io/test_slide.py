@@ -229,3 +229,26 @@ def test_direct_and_lazy_reads_agree(synthetic_slide_file):
                 direct = slide.read_region(level, round(x * ds), round(y * ds), w, h)
                 lazy = slide.levels[level][y : y + h, x : x + w].compute()
                 np.testing.assert_array_equal(direct, lazy)
+
+
+def test_overlapping_reads_from_threads_share_decoded_border_tiles(synthetic_slide_file):
+    """Regions that overlap (a tile's halo is its neighbour's core) reuse the decoded tiles under
+    their borders: from several threads at once the pixels stay those of the lazy level, and
+    writing into a returned region changes nothing that a later read returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_slide(synthetic_slide_file) as slide:
+        H, W = slide.levels[0].shape[:2]
+        rng = np.random.default_rng(0)
+        boxes = [(int(rng.integers(0, W - 300)), int(rng.integers(0, H - 300)), 300, 300) for _ in range(40)]
+        boxes += [(x + 150, y, w, h) for x, y, w, h in boxes[:10] if x + 450 <= W]  # half on a previous one
+
+        def read(box):
+            x, y, w, h = box
+            out = slide.read_region(0, x, y, w, h)
+            same = np.array_equal(out, slide.levels[0][y : y + h, x : x + w].compute())
+            out[:] = 7  # the caller owns what it gets
+            return same
+
+        with ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(read, boxes * 2))

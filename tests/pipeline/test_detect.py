@@ -31,6 +31,46 @@ def test_nms_keeps_the_best_of_close_detections_only():
     assert keep.tolist() == [1, 2, 4]
 
 
+def _greedy_nms(xy, scores, radius):
+    """The textbook greedy suppression: best first, drop every point within radius of a kept one."""
+    order = np.lexsort((xy[:, 1], xy[:, 0], -scores))
+    keep = []
+    for i in order:
+        if all(np.hypot(*(xy[i] - xy[k])) > radius for k in keep):
+            keep.append(i)
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_equals_the_greedy_suppression_on_crowded_points(seed):
+    rng = np.random.default_rng(seed)
+    n = 150
+    xy = np.round(rng.random((n, 2)) * 120, 1 if seed % 2 else 0)  # crowded, some exact ties in place
+    scores = np.round(rng.random(n), 1)  # and in score
+    assert nms(xy, scores, 8.0).tolist() == _greedy_nms(xy, scores, 8.0)
+
+
+def test_screening_features_equal_scipys_filters():
+    """The OpenCV filters give the features of scipy.ndimage's Gaussian and maximum filters."""
+    from scipy import ndimage as ndi
+
+    from napari_mitosis.core.nuclei import _DECONV
+    from napari_mitosis.core.stain import rgb_to_od
+    from napari_mitosis.core.synthetic import SyntheticHE
+
+    rgb, _ = SyntheticHE(shape=(300, 300), mpp=0.5, seed=3, tissue="full").render(0, 0, 300, 300)
+    f = screen_features(rgb, 0.5, nucleus_od=0.3)
+    od = rgb_to_od(rgb).astype(np.float32)
+    hs = ndi.gaussian_filter(np.maximum(od @ _DECONV[:, 0], 0).astype(np.float32), 2.0)
+    ys, xs = np.nonzero((hs == ndi.maximum_filter(hs, 13)) & (hs > 0.3))
+    eos = ndi.gaussian_filter(np.maximum(od @ _DECONV[:, 1], 0).astype(np.float32), 6.0)[ys, xs]
+    assert len(f) == len(ys) > 20
+    assert np.array_equal(f["x"].to_numpy(), xs) and np.array_equal(f["y"].to_numpy(), ys)
+    dark = hs[ys, xs] / np.percentile(hs[ys, xs], 90)
+    assert np.allclose(f["dark"], dark, atol=1e-5)
+    assert np.allclose(f["eosin"], eos / np.percentile(eos, 90), atol=1e-4)
+
+
 def test_screening_finds_dark_blobs_at_their_place():
     rgb = np.full((200, 200, 3), 235, np.uint8)
     rgb[95:106, 55:66] = (60, 40, 120)  # a very dark nucleus

@@ -95,6 +95,10 @@ def open_tiff(path: Path) -> Slide:
     )
 
 
+#: Decoded tiles kept per level by the tiled-TIFF reader (tiles a read covers only in part).
+TILE_CACHE_BYTES = 48 * 2**20
+
+
 def _tile_reader(path, level, closers, fallback):
     """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
     under the region with tifffile's own codec in the calling thread, each once per call, from a
@@ -102,8 +106,14 @@ def _tile_reader(path, level, closers, fallback):
     layouts (they go through the zarr store). About twice as fast as slicing the zarr store, and
     the codecs release the GIL, so tile threads decode in parallel. Nothing is read at open:
     the tile offsets and the descriptor come with the first read (``fallback``, the zarr
-    reader, when the offsets do not match the tile grid)."""
+    reader, when the offsets do not match the tile grid).
+
+    Tiles that a read covers only in part -- those under the border of a region, which the
+    neighbouring region (the next task's halo) reads again -- are kept in a small LRU cache
+    of decoded tiles (``TILE_CACHE_BYTES`` per level, shared by the threads), like
+    OpenSlide's tile cache; tiles wholly inside a read are not kept (no one asks again)."""
     import threading
+    from collections import OrderedDict
 
     try:
         page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
@@ -115,6 +125,26 @@ def _tile_reader(path, level, closers, fallback):
         return None
     ntx = -(-W // tw)
     state, lock = {}, threading.Lock()
+    cache, cap = OrderedDict(), max(int(TILE_CACHE_BYTES // (th * tw * 3)), 0)
+    closers.append(cache.clear)
+
+    def _tile(st, i, keep):
+        if keep:
+            with lock:
+                seg = cache.get(i)
+                if seg is not None:
+                    cache.move_to_end(i)
+                    return seg
+        seg, _, _ = st["decode"](os.pread(st["fd"], int(st["counts"][i]), int(st["offsets"][i])), i,
+                                 jpegtables=st["tables"])
+        seg = np.asarray(seg).reshape(th, tw, -1)
+        if keep and cap:
+            seg.flags.writeable = False
+            with lock:
+                cache[i] = seg
+                while len(cache) > cap:
+                    cache.popitem(last=False)
+        return seg
 
     def _init():
         with lock:
@@ -134,17 +164,16 @@ def _tile_reader(path, level, closers, fallback):
         st = state or _init()
         if st["fallback"]:
             return fallback(y0, y1, x0, x1)
-        fd, offsets, counts, decode, tables = st["fd"], st["offsets"], st["counts"], st["decode"], st["tables"]
+        counts = st["counts"]
         out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # empty tiles: 0, as the zarr store fills them
         for ty in range(y0 // th, (y1 - 1) // th + 1):
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
                 i = ty * ntx + tx
                 if counts[i] <= 0:
                     continue
-                seg, _, _ = decode(os.pread(fd, int(counts[i]), int(offsets[i])), i, jpegtables=tables)
-                seg = np.asarray(seg).reshape(th, tw, -1)
                 ya, yb = max(y0, ty * th), min(y1, (ty + 1) * th)
                 xa, xb = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                seg = _tile(st, i, keep=(yb - ya) * (xb - xa) < th * tw)
                 out[ya - y0 : yb - y0, xa - x0 : xb - x0] = seg[ya - ty * th : yb - ty * th, xa - tx * tw : xb - tx * tw, :3]
         return out
 
