@@ -272,3 +272,39 @@ def test_heatmap_peaks_as_candidates_alone_or_with_the_blobs(synthetic_slide_fil
                                ["mitotic_figure", "granulocyte", "other"], make_params(**kw), first)
     assert list(cls) == list(b["class"]) and np.allclose(score, b["score"])
     slide.close()
+
+
+def test_cpu_networks_run_as_checked_inference_graphs():
+    """Both detection networks run on the CPU as TorchScript inference graphs whose outputs are
+    the eager networks' to float rounding, whatever the batch size; a network that cannot be
+    traced runs as it is."""
+    import torch
+
+    from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
+    from napari_mitosis.pipeline import detect
+
+    params = make_params(device="cpu")
+    (gstn, gspec), (first, fspec) = detect.load_models(params)
+    g = torch.Generator().manual_seed(1)
+    for graph, name, spec, scale in ((gstn, "cell-gstn", gspec, 1.0), (first, "cell-screen", fspec, 255.0)):
+        assert isinstance(graph, detect._GraphNet), name
+        eager, _ = load_model(name, device="cpu", folder=WEIGHTS_DIR)
+        eager.eval()
+        for n in (1, 3, 37):
+            x = (torch.rand(n, 3, spec.patch_size, spec.patch_size, generator=g) * scale).contiguous(
+                memory_format=torch.channels_last)
+            with torch.no_grad():
+                want, got = eager(x), graph(x)
+            want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
+            assert torch.allclose(torch.softmax(got, 1), torch.softmax(want, 1), atol=1e-4), (name, n)
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.w if x.shape[0] == 2 else x * 2 * self.w  # the trace (batch of 2) keeps one branch
+
+    net = Untraceable()
+    assert detect._inference_graph(net, 8) is net
