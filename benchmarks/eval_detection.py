@@ -191,12 +191,12 @@ def evaluate_images(cands, truth, images, cls, thr, mpp, radius_um=7.5):
 
 def grid(cls):
     if cls == "mitotic_figure":
-        for sd in (1.0, 1.1, 1.2, 1.3, 1.4):
+        for sd in (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8):
             for t in np.round(np.arange(0.3, 0.991, 0.025), 3):
                 yield {"detect_screen_dark": sd, "detect_mitotic_figure": float(t)}
     else:
-        for gd in (0.7, 0.8, 0.9):
-            for e in (0.8, 0.9, 1.0):
+        for gd in (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4):
+            for e in (0.8, 0.9, 1.0, 1.1, 1.2):
                 for t in np.round(np.arange(0.3, 0.991, 0.05), 3):
                     yield {"detect_screen_gran_dark": gd, "detect_screen_eosin": e, "detect_granulocyte": float(t)}
 

@@ -66,11 +66,11 @@ DETECT_CLASSES = ("mitotic_figure", "granulocyte")
 #: and mitosis thresholds on MITOS-ATYPIA-14 frames, granulocyte ones on EoE tiles.
 DEFAULT_THRESHOLDS = {
     "detect_nucleus_od": 0.25,  # min smoothed hematoxylin OD of a blob to be a nucleus
-    "detect_screen_dark": 1.4,  # darkness / tile's 90th percentile: a candidate (mitosis screening)
-    "detect_screen_gran_dark": 0.8,  # ... or at least this dark (relative) and
+    "detect_screen_dark": 1.5,  # darkness / tile's 90th percentile: a candidate (mitosis screening)
+    "detect_screen_gran_dark": 1.2,  # ... or at least this dark (relative) and
     "detect_screen_eosin": 0.9,  # ... with this much eosin around it (relative; granulocyte screening)
     "detect_mitotic_figure": 0.8,  # min score of a mitotic figure
-    "detect_granulocyte": 0.95,  # min score of a granulocyte
+    "detect_granulocyte": 0.9,  # min score of a granulocyte
     "detect_nms_um": 6.0,  # detections closer than this are one cell
 }
 CANDIDATE_MODES = ("nuclei", "heatmap", "both")
