@@ -252,3 +252,20 @@ def test_overlapping_reads_from_threads_share_decoded_border_tiles(synthetic_sli
 
         with ThreadPoolExecutor(4) as pool:
             assert all(pool.map(read, boxes * 2))
+
+
+def test_tile_cache_is_bounded_in_bytes_and_forgets_the_least_recent():
+    from napari_mitosis.io._backends import _TileCache
+
+    cache = _TileCache(3 * 100)
+    tiles = {k: np.full(100, k, np.uint8) for k in range(5)}
+    for k in (0, 1, 2):
+        cache.put(("level", k), tiles[k])
+    assert cache.get(("level", 0)) is not None  # 0 is now the most recent
+    cache.put(("level", 3), tiles[3])  # over budget: the least recent (1) goes
+    assert cache.get(("level", 1)) is None and cache.bytes == 300
+    assert [int(cache.get(("level", k))[0]) for k in (0, 2, 3)] == [0, 2, 3]
+    with pytest.raises(ValueError):  # shared tiles are read-only
+        cache.get(("level", 0))[0] = 9
+    cache.put(("big", 0), np.zeros(301, np.uint8))  # larger than the whole budget: not kept
+    assert cache.get(("big", 0)) is None and cache.bytes == 300

@@ -60,6 +60,8 @@ def open_tiff(path: Path) -> Slide:
         _check_tiff_series(path, tf, series)
         size = os.path.getsize(path)
         levels, direct = [], []
+        cache = _TileCache(TILE_CACHE_BYTES)  # one budget for the slide, whatever levels are read
+        closers.append(cache.clear)
         for i, lev in enumerate(series.levels):
             _check_offsets(path, lev, size, i)
             store = series.aszarr(level=i)
@@ -74,7 +76,8 @@ def open_tiff(path: Path) -> Slide:
             # read_region of a plain RGB level decodes the file's tiles itself (tiled pages), or
             # slices the zarr store: no per-tile dask overhead
             rgb = lev.axes == "YXS" and z.shape[2] == 3
-            direct.append((_tile_reader(path, lev, closers, _direct_reader(z)) or _direct_reader(z)) if rgb else None)
+            direct.append((_tile_reader(path, lev, closers, _direct_reader(z), cache, i) or _direct_reader(z))
+                          if rgb else None)
         mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
         associated = _tiff_associated(tf, fmt)
     except BaseException:
@@ -95,11 +98,45 @@ def open_tiff(path: Path) -> Slide:
     )
 
 
-#: Decoded tiles kept per level by the tiled-TIFF reader (tiles a read covers only in part).
+#: Decoded tiles kept per slide by the tiled-TIFF reader (tiles a read covers only in part).
 TILE_CACHE_BYTES = 48 * 2**20
 
 
-def _tile_reader(path, level, closers, fallback):
+class _TileCache:
+    """A thread-safe LRU of decoded tiles, bounded in bytes, keyed by (level, tile index)."""
+
+    def __init__(self, max_bytes: int):
+        import threading
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes = int(max_bytes), 0
+        self._d, self._lock = OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            tile = self._d.get(key)
+            if tile is not None:
+                self._d.move_to_end(key)
+            return tile
+
+    def put(self, key, tile) -> None:
+        if tile.nbytes > self.max_bytes:
+            return
+        tile.flags.writeable = False  # shared: readers copy out of it
+        with self._lock:
+            old = self._d.pop(key, None)
+            self.bytes += tile.nbytes - (old.nbytes if old is not None else 0)
+            self._d[key] = tile
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._d.popitem(last=False)[1].nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self.bytes = 0
+
+
+def _tile_reader(path, level, closers, fallback, cache=None, index=0):
     """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
     under the region with tifffile's own codec in the calling thread, each once per call, from a
     file descriptor of its own (``os.pread``: no shared file position, no lock); None for other
@@ -110,10 +147,10 @@ def _tile_reader(path, level, closers, fallback):
 
     Tiles that a read covers only in part -- those under the border of a region, which the
     neighbouring region (the next task's halo) reads again -- are kept in a small LRU cache
-    of decoded tiles (``TILE_CACHE_BYTES`` per level, shared by the threads), like
-    OpenSlide's tile cache; tiles wholly inside a read are not kept (no one asks again)."""
+    of decoded tiles (``cache``: one per slide, ``TILE_CACHE_BYTES``, shared by the threads and
+    levels), like OpenSlide's tile cache; tiles wholly inside a read are not kept (no one asks
+    again)."""
     import threading
-    from collections import OrderedDict
 
     try:
         page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
@@ -125,25 +162,16 @@ def _tile_reader(path, level, closers, fallback):
         return None
     ntx = -(-W // tw)
     state, lock = {}, threading.Lock()
-    cache, cap = OrderedDict(), max(int(TILE_CACHE_BYTES // (th * tw * 3)), 0)
-    closers.append(cache.clear)
 
     def _tile(st, i, keep):
-        if keep:
-            with lock:
-                seg = cache.get(i)
-                if seg is not None:
-                    cache.move_to_end(i)
-                    return seg
-        seg, _, _ = st["decode"](os.pread(st["fd"], int(st["counts"][i]), int(st["offsets"][i])), i,
-                                 jpegtables=st["tables"])
-        seg = np.asarray(seg).reshape(th, tw, -1)
-        if keep and cap:
-            seg.flags.writeable = False
-            with lock:
-                cache[i] = seg
-                while len(cache) > cap:
-                    cache.popitem(last=False)
+        keep = keep and cache is not None
+        seg = cache.get((index, i)) if keep else None
+        if seg is None:
+            seg, _, _ = st["decode"](os.pread(st["fd"], int(st["counts"][i]), int(st["offsets"][i])), i,
+                                     jpegtables=st["tables"])
+            seg = np.asarray(seg).reshape(th, tw, -1)
+            if keep:
+                cache.put((index, i), seg)
         return seg
 
     def _init():
