@@ -238,7 +238,7 @@ def cmd_make_real(args):
 PROFILE_STEPS = {
     "screening level read": "tile_candidates>read_region",
     "optical density + background test": "_od",
-    "screening features": "screen_features",
+    "screening features": "_features",
     "first pass (cell-screen)": "first_pass",
     "cell-gstn, crops and network": "classify_points",
     "  of which the level-0 crops": "_crops",
