@@ -173,6 +173,20 @@ def detection_f1(t, scores: dict, cls, mpp, truth, folds):
     return out
 
 
+def eoe_truth_and_folds(eo: pd.DataFrame):
+    """Ground-truth granulocytes per EoE test tile, the tiles, and the two folds of tile blocks
+    (``{"blocks0": (validation tiles, test tiles), ...}``, and the blocks of each fold)."""
+    eoe_pts = pd.read_csv(ED.DATA / "granulocytes/eoe_eosinophils/points.csv")
+    etruth = {tl: g[g["class"].isin(["Eos", "Papilla Eos"])][["x", "y"]].to_numpy(float) for tl, g in eoe_pts.groupby("tile")}
+    tiles = sorted(eo.image.unique())
+    block = {tl: eo.group[eo.image == tl].iloc[0].split("/")[1] for tl in tiles}
+    blocks = sorted(set(block.values()))
+    bf = [blocks[0::2], blocks[1::2]]
+    efolds = {f"blocks{k}": ([tl for tl in tiles if block[tl] not in bf[k]], [tl for tl in tiles if block[tl] in bf[k]])
+              for k in range(2)}
+    return etruth, tiles, efolds, bf
+
+
 def evaluate(ds, preds):
     from napari_mitosis.models.train_screen import keep_threshold
     from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS, screen
@@ -245,14 +259,7 @@ def evaluate(ds, preds):
     # ------------------------------------------------------------- EoE test tiles, each fold model
     eo = t[t.group.isin(ED.EOE_TEST_GROUPS)].copy()
     assert eo.g_gran.notna().all(), "EoE candidates missing from candidates_heldout.csv"
-    eoe_pts = pd.read_csv(ED.DATA / "granulocytes/eoe_eosinophils/points.csv")
-    etruth = {tl: g[g["class"].isin(["Eos", "Papilla Eos"])][["x", "y"]].to_numpy(float) for tl, g in eoe_pts.groupby("tile")}
-    tiles = sorted(eo.image.unique())
-    block = {tl: eo.group[eo.image == tl].iloc[0].split("/")[1] for tl in tiles}
-    blocks = sorted(set(block.values()))
-    bf = [blocks[0::2], blocks[1::2]]
-    efolds = {f"blocks{k}": ([tl for tl in tiles if block[tl] not in bf[k]], [tl for tl in tiles if block[tl] in bf[k]])
-              for k in range(2)}
+    etruth, tiles, efolds, _ = eoe_truth_and_folds(eo)
     gpos = (eo.label == "granulocyte").to_numpy()
     goth = (eo.label == "other").to_numpy()
     edef = screen(eo, DEFAULT_THRESHOLDS["detect_screen_dark"], DEFAULT_THRESHOLDS["detect_screen_gran_dark"],

@@ -168,14 +168,7 @@ def main():
     e_gran = np.mean([preds[g][eo_mask][:, 1] for g in ES.GROUPS], 0)
     ce = ES._cands(eo, np.zeros(len(eo)), np.sqrt(e_gran * eo.g_gran.to_numpy()), "gstn")
     esplit = ES._per_image(ce, "granulocyte")
-    eoe_pts = pd.read_csv(ED.DATA / "granulocytes/eoe_eosinophils/points.csv")
-    etruth = {tl: g[g["class"].isin(["Eos", "Papilla Eos"])][["x", "y"]].to_numpy(float) for tl, g in eoe_pts.groupby("tile")}
-    tiles = sorted(eo.image.unique())
-    block = {tl: eo.group[eo.image == tl].iloc[0].split("/")[1] for tl in tiles}
-    blocks = sorted(set(block.values()))
-    bf = [blocks[0::2], blocks[1::2]]
-    efolds = {f"blocks{k}": ([tl for tl in tiles if block[tl] not in bf[k]], [tl for tl in tiles if block[tl] in bf[k]])
-              for k in range(2)}
+    etruth, tiles, efolds, bf = ES.eoe_truth_and_folds(eo)
     n_gt = int(sum(len(etruth.get(tl, ())) for tl in tiles))
     res["eoe"] = {"tiles": len(tiles), "granulocytes_ground_truth": n_gt, "block_folds": bf}
     gpos_all = (t.dataset == "eoe").to_numpy() & (t.label == "granulocyte").to_numpy()
