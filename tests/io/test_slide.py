@@ -233,9 +233,19 @@ def test_direct_and_lazy_reads_agree(synthetic_slide_file):
 
 def test_overlapping_reads_from_threads_share_decoded_border_tiles(synthetic_slide_file):
     """Regions that overlap (a tile's halo is its neighbour's core) reuse the decoded tiles under
-    their borders: from several threads at once the pixels stay those of the lazy level, and
-    writing into a returned region changes nothing that a later read returns."""
+    their borders, also across Slides open on the same file (analyze has one per thread): from
+    several threads at once the pixels stay those of the lazy level, and writing into a returned
+    region changes nothing that a later read returns."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from napari_mitosis.io._backends import TILE_CACHE
+
+    TILE_CACHE.clear()
+    with open_slide(synthetic_slide_file) as a, open_slide(synthetic_slide_file) as b:
+        a.read_region(0, 100, 100, 300, 300)  # its border tiles are kept ...
+        misses = TILE_CACHE.misses
+        b.read_region(0, 100, 100, 300, 300)  # ... and the other Slide finds them
+        assert TILE_CACHE.misses == misses and TILE_CACHE.hits > 0
 
     with open_slide(synthetic_slide_file) as slide:
         H, W = slide.levels[0].shape[:2]

@@ -60,8 +60,8 @@ def open_tiff(path: Path) -> Slide:
         _check_tiff_series(path, tf, series)
         size = os.path.getsize(path)
         levels, direct = [], []
-        cache = _TileCache(TILE_CACHE_BYTES)  # one budget for the slide, whatever levels are read
-        closers.append(cache.clear)
+        st = os.stat(path)
+        ident = (os.path.realpath(path), st.st_mtime_ns, st.st_size)  # a rewritten file gets new keys
         for i, lev in enumerate(series.levels):
             _check_offsets(path, lev, size, i)
             store = series.aszarr(level=i)
@@ -76,7 +76,8 @@ def open_tiff(path: Path) -> Slide:
             # read_region of a plain RGB level decodes the file's tiles itself (tiled pages), or
             # slices the zarr store: no per-tile dask overhead
             rgb = lev.axes == "YXS" and z.shape[2] == 3
-            direct.append((_tile_reader(path, lev, closers, _direct_reader(z), cache, i) or _direct_reader(z))
+            direct.append((_tile_reader(path, lev, closers, _direct_reader(z), TILE_CACHE, (ident, i))
+                           or _direct_reader(z))
                           if rgb else None)
         mpp, mpp_source, objective = _tiff_pixel_size(tf, series, fmt)
         associated = _tiff_associated(tf, fmt)
@@ -98,7 +99,7 @@ def open_tiff(path: Path) -> Slide:
     )
 
 
-#: Decoded tiles kept per slide by the tiled-TIFF reader (tiles a read covers only in part).
+#: Decoded tiles kept by the tiled-TIFF reader (tiles a read covers only in part), per process.
 TILE_CACHE_BYTES = 48 * 2**20
 
 
@@ -109,7 +110,7 @@ class _TileCache:
         import threading
         from collections import OrderedDict
 
-        self.max_bytes, self.bytes = int(max_bytes), 0
+        self.max_bytes, self.bytes, self.hits, self.misses = int(max_bytes), 0, 0, 0
         self._d, self._lock = OrderedDict(), threading.Lock()
 
     def get(self, key):
@@ -117,6 +118,9 @@ class _TileCache:
             tile = self._d.get(key)
             if tile is not None:
                 self._d.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return tile
 
     def put(self, key, tile) -> None:
@@ -136,6 +140,11 @@ class _TileCache:
             self.bytes = 0
 
 
+#: One cache for the process: every open Slide of a file (analyze opens one per worker thread)
+#: shares the decoded tiles of that file, and the bound holds whatever the number of slides.
+TILE_CACHE = _TileCache(TILE_CACHE_BYTES)
+
+
 def _tile_reader(path, level, closers, fallback, cache=None, index=0):
     """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
     under the region with tifffile's own codec in the calling thread, each once per call, from a
@@ -147,9 +156,9 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
 
     Tiles that a read covers only in part -- those under the border of a region, which the
     neighbouring region (the next task's halo) reads again -- are kept in a small LRU cache
-    of decoded tiles (``cache``: one per slide, ``TILE_CACHE_BYTES``, shared by the threads and
-    levels), like OpenSlide's tile cache; tiles wholly inside a read are not kept (no one asks
-    again)."""
+    of decoded tiles (``cache``, keys ``(index, tile)``: the process-wide ``TILE_CACHE`` of
+    ``TILE_CACHE_BYTES``, shared by threads, levels and the Slides open on the same file), like
+    OpenSlide's tile cache; tiles wholly inside a read are not kept (no one asks again)."""
     import threading
 
     try:

@@ -175,8 +175,9 @@ def _fast_cpu(net, channels_last: bool = True):
 
 
 class _GraphNet:
-    """A network as an optimised TorchScript graph for inference (calls go to the graph; anything
-    else -- parameters, attributes, eval() -- to the network itself)."""
+    """A network as an optimised TorchScript graph, for inference only (calls go to the graph;
+    anything else -- parameters, attributes, eval() -- to the network itself, so moving or
+    training it would not change the graph: load the network again instead)."""
 
     def __init__(self, net, graph):
         self._net, self._graph = net, graph
@@ -185,6 +186,8 @@ class _GraphNet:
         return self._graph(x)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # copy/pickle probe private names before __init__ ran: no recursion
+            raise AttributeError(name)
         return getattr(self._net, name)
 
 
@@ -207,7 +210,7 @@ def _inference_graph(net, size: int):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # deprecation and tracer notes (shape checks that hold for this size)
             graph = torch.jit.optimize_for_inference(torch.jit.trace(net.eval(), x[:2], check_trace=False))
-            for b in (x[:1], x):
+            for b in (x[:1], x, 255 * x):  # cell-gstn takes values 0..1, the first pass 0..255
                 want, got = net(b), graph(b)
                 want = want if isinstance(want, tuple) else (want,)
                 got = got if isinstance(got, tuple) else (got,)
@@ -361,16 +364,18 @@ def _features(rgb, mpp, nucleus_od, od=None) -> dict:
     """:func:`screen_features` as a dict of arrays."""
     from ..core.nuclei import _DECONV
 
+    if min(np.shape(rgb)[:2]) == 0:
+        return {"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)}
     od = _od(rgb) if od is None else od
     h = np.maximum(od @ _DECONV[:, 0], 0.0)
     hs = _gaussian(h, 1.0 / mpp)
     size = 2 * int(round(3.0 / mpp)) + 1
-    peaks = cv2.bitwise_and(cv2.compare(hs, _max_filter(hs, size), cv2.CMP_EQ),
-                            cv2.compare(hs, float(nucleus_od), cv2.CMP_GT))
-    at = cv2.findNonZero(peaks)  # (n, 1, 2) x, y in row-major order, like np.nonzero
+    peaks = cv2.bitwise_and(cv2.compare(hs, _max_filter(hs, size), cv2.CMP_EQ), (hs > nucleus_od).view(np.uint8))
+    at = cv2.findNonZero(peaks)  # x, y in row-major order, like np.nonzero ((n, 1, 2) in OpenCV 4, (n, 2) in 5)
     if at is None:
         return {"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)}
-    xs, ys = at[:, 0, 0], at[:, 0, 1]
+    at = at.reshape(-1, 2)
+    xs, ys = at[:, 0], at[:, 1]
     dark = hs[ys, xs].astype(float)
     eos = _gaussian_at(_eosin_od(od), 3.0 / mpp, ys, xs)
     # relative to the tile's nuclei (stains differ between labs): darkness and eosin over their
