@@ -50,11 +50,11 @@ def test_screen_probs_shapes_and_probabilities():
     np.testing.assert_allclose(screen_probs(net, rgb, xs[7:8], ys[7:8])[0], p[7], atol=1e-5)
     assert screen_probs(net, rgb, [], []).shape == (0, 3)
     # BatchNorm folded as whole-slide detection runs it: the same probabilities
-    from napari_mitosis.pipeline.detect import _fast_cpu
+    from napari_mitosis.models.inference import fast_cpu
 
     net.features[1].running_mean.uniform_(-0.5, 0.5)
     net.features[1].running_var.uniform_(0.5, 2.0)
-    np.testing.assert_allclose(screen_probs(_fast_cpu(net, channels_last=False), rgb, xs, ys),
+    np.testing.assert_allclose(screen_probs(fast_cpu(net, channels_last=False), rgb, xs, ys),
                                screen_probs(net, rgb, xs, ys), atol=1e-5)
 
 

@@ -292,6 +292,7 @@ def test_cpu_networks_run_as_checked_inference_graphs():
     traced runs as it is."""
     import torch
 
+    from napari_mitosis.models.inference import GraphNet, inference_graph
     from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
     from napari_mitosis.pipeline import detect
 
@@ -299,7 +300,7 @@ def test_cpu_networks_run_as_checked_inference_graphs():
     (gstn, gspec), (first, fspec) = detect.load_models(params)
     g = torch.Generator().manual_seed(1)
     for graph, name, spec, scale in ((gstn, "cell-gstn", gspec, 1.0), (first, "cell-screen", fspec, 255.0)):
-        assert isinstance(graph, detect._GraphNet), name
+        assert isinstance(graph, GraphNet), name
         eager, _ = load_model(name, device="cpu", folder=WEIGHTS_DIR)
         eager.eval()
         for n in (1, 3, 37):
@@ -319,4 +320,4 @@ def test_cpu_networks_run_as_checked_inference_graphs():
             return x * self.w if x.shape[0] == 2 else x * 2 * self.w  # the trace (batch of 2) keeps one branch
 
     net = Untraceable()
-    assert detect._inference_graph(net, 8) is net
+    assert inference_graph(net, 8) is net

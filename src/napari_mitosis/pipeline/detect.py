@@ -133,6 +133,7 @@ def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | 
     """(net, spec), loaded once per process. ``channels_last``: on a CPU, also convert the weights
     to channels-last (faster for cell-gstn; the small first pass is faster with its weights as
     they are and channels-last inputs: 0.05 against 0.07 ms per blob)."""
+    from ..models.inference import fast_cpu, inference_graph
     from ..models.registry import WEIGHTS_DIR, ModelError, load_model, resolve_device
 
     key = (name, str(resolve_device(device)), folder, channels_last)
@@ -142,8 +143,8 @@ def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | 
                 net, spec = load_model(name, device=device, folder=Path(folder) if folder else WEIGHTS_DIR)
             except ModelError as exc:
                 raise DetectError(str(exc)) from exc
-            fast = _fast_cpu(net, channels_last)
-            _MODEL_CACHE[key] = (_inference_graph(fast, int(spec.patch_size)), spec)
+            fast = fast_cpu(net, channels_last)
+            _MODEL_CACHE[key] = (inference_graph(fast, int(spec.patch_size)), spec)
     return _MODEL_CACHE[key]
 
 
@@ -154,91 +155,6 @@ def load_models(params: DetectParams) -> tuple:
     first = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False) \
         if params.screen_model else None
     return gstn, first
-
-
-def _fast_cpu(net, channels_last: bool = True):
-    """On a CPU, a channels-last copy of ``net`` with its batch normalisations folded into the
-    convolutions: the same outputs (to float rounding, ~1e-6 in the probabilities) about 3x faster
-    for cell-gstn (PyTorch's NCHW max-pooling is slow on one thread)."""
-    import copy
-
-    import torch
-
-    try:
-        if next(net.parameters()).device.type != "cpu":
-            return net
-        fast = copy.deepcopy(net).eval()
-        _fold_batchnorm(fast)
-        return fast.to(memory_format=torch.channels_last) if channels_last else fast
-    except (StopIteration, RuntimeError, AttributeError):  # no parameters or a module that cannot: as it is
-        return net
-
-
-class _GraphNet:
-    """A network as an optimised TorchScript graph, for inference only (calls go to the graph;
-    anything else -- parameters, attributes, eval() -- to the network itself, so moving or
-    training it would not change the graph: load the network again instead)."""
-
-    def __init__(self, net, graph):
-        self._net, self._graph = net, graph
-
-    def __call__(self, x):
-        return self._graph(x)
-
-    def __getattr__(self, name):
-        if name.startswith("_"):  # copy/pickle probe private names before __init__ ran: no recursion
-            raise AttributeError(name)
-        return getattr(self._net, name)
-
-
-def _inference_graph(net, size: int):
-    """On a CPU, ``net`` traced and optimised for inference by TorchScript (oneDNN convolutions
-    fused with their activations, tensors kept in oneDNN's layout between layers): ~40% less
-    time for both detection networks, the same outputs to float rounding. Checked against the
-    network on two batch sizes; the network as it is when tracing fails or differs, or off the CPU.
-    (TorchScript is deprecated in favour of torch.compile, whose compile time per process is
-    far too long for a CLI or a dask worker; torch is pinned, so this stays until it is gone.)"""
-    import warnings
-
-    import torch
-
-    try:
-        if next(net.parameters()).device.type != "cpu":
-            return net
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(5, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # deprecation and tracer notes (shape checks that hold for this size)
-            graph = torch.jit.optimize_for_inference(torch.jit.trace(net.eval(), x[:2], check_trace=False))
-            for b in (x[:1], x, 255 * x):  # cell-gstn takes values 0..1, the first pass 0..255
-                want, got = net(b), graph(b)
-                want = want if isinstance(want, tuple) else (want,)
-                got = got if isinstance(got, tuple) else (got,)
-                if len(want) != len(got) or not all(
-                        (w is None and o is None) or torch.allclose(w, o, atol=1e-3, rtol=1e-3) for w, o in zip(want, got, strict=True)):
-                    return net
-    except Exception:  # noqa: BLE001 -- a network TorchScript cannot trace: as it is
-        return net
-    return _GraphNet(net, graph)
-
-
-def _fold_batchnorm(module) -> None:
-    """Fold each BatchNorm2d that follows a Conv2d in an nn.Sequential into the convolution
-    (inference only: the same outputs to float rounding, one pass over the activations fewer)."""
-    from itertools import pairwise
-
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for m in module.modules():
-        if not isinstance(m, nn.Sequential):
-            continue
-        keys = list(m._modules)
-        for a, b in pairwise(keys):
-            conv, bn = m._modules[a], m._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                m._modules[a] = fuse_conv_bn_eval(conv, bn)
-                m._modules[b] = nn.Identity()
 
 
 # ------------------------------------------------------------------------ candidates
