@@ -147,3 +147,23 @@ def test_a_corrupt_tile_is_reported_and_the_rest_analysed(tmp_path, params):
     assert row.tiles > row.failed_tiles  # the others ran
     counts = pd.read_csv(tmp_path / "out" / "corrupt" / "counts.csv")
     assert (counts.status == "partial").all()
+
+
+def test_overview_png_draws_mitoses_red_granulocytes_orange_and_the_hotspot_blue(tmp_path):
+    import dask.array as da
+    from PIL import Image
+
+    from napari_mitosis.core.counting import Hotspot
+    from napari_mitosis.io.slide import Slide
+    from napari_mitosis.pipeline.analyze import write_overview
+
+    img = np.full((400, 800, 3), 240, np.uint8)
+    slide = Slide(path=tmp_path / "s.png", levels=[da.from_array(img, chunks=(400, 800, 3))], mpp=1.0, format="image")
+    det = pd.DataFrame({"x": [200.0, 600.0], "y": [200.0, 200.0], "class": ["mitotic_figure", "granulocyte"]})
+    hotspot = Hotspot(x=100.0, y=50.0, width=300.0, height=225.0, count=1, tissue_mm2=0.0675)
+    out = write_overview(tmp_path / "overview.png", slide, None, det, hotspot, size=400)
+    png = np.asarray(Image.open(out).convert("RGB"))
+    assert png.shape == (200, 400, 3)  # the longer side at `size`
+    colours = {tuple(int(v) for v in p) for p in png.reshape(-1, 3)}
+    assert {(220, 0, 0), (255, 140, 0), (30, 90, 255), (240, 240, 240)} <= colours
+    assert tuple(png[25 + 1, 100]) == (30, 90, 255)  # the hotspot's top edge, at level-0 (100, 50) / 2
