@@ -257,7 +257,8 @@ def test_the_shipped_cascade_on_real_mitos_frames_finds_mitoses_with_few_false_a
             counts[2] += len(gt) - tp
     tp, fp, fn = found["cell-screen"]
     assert tp / (tp + fn) >= 0.6 and tp / max(tp + fp, 1) >= 0.5  # 26 of 34, 12 false alarms at the current card
-    assert fp < found[None][1] / 3  # cell-gstn alone: 111 false alarms on the same frames
+    # cell-gstn alone at its own stored point (gstn_only/*): 21 found, 39 false alarms on the same frames
+    assert tp >= found[None][0] and fp < found[None][1] / 2
 
 
 def test_heatmap_peaks_as_candidates_alone_or_with_the_blobs(synthetic_slide_file):
