@@ -528,8 +528,24 @@ def model_card(spec, res) -> str:
         "be more confident than those, so it keeps at least as many candidates only approximately.",
         "Not a medical device.",
         "",
+        *_detection_use(res),
     ]
     return "\n".join(lines)
+
+
+def _detection_use(res: dict) -> list:
+    """The card's section on how whole-slide detection uses the model, at the stored operating point."""
+    thr = res.get("shipped_operating_point", {}).get("thresholds", {})
+    tm, tg = thr.get("detect_mitotic_figure"), thr.get("detect_granulocyte")
+    at = (f" With the shipped operating point (`cell-gstn.json`, `detect_mitotic_figure` {tm:g},"
+          f" `detect_granulocyte` {tg:g}) that is `p_mitotic_figure >= {tm * tm:.4g}` or"
+          f" `p_granulocyte >= {tg * tg:.4g}`.") if tm and tg else ""
+    return ["## How whole-slide detection uses it", "",
+            "`pipeline/detect.py` scores every screened blob with this model and scores each class by "
+            "`sqrt(p_cell-screen * p_cell-gstn)`; cell-gstn runs only where the first-pass probability of some "
+            "class reaches the square of that class's detection threshold (exact: below it no detection is "
+            "possible)." + at + " `thresholds.keep` above (a 98 %-recall cut) is reported for the cascade "
+            "evaluation and is not used by detection. `--first-pass none` turns the first pass off.", ""]
 
 
 if __name__ == "__main__":
