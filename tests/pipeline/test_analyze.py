@@ -167,3 +167,23 @@ def test_overview_png_draws_mitoses_red_granulocytes_orange_and_the_hotspot_blue
     colours = {tuple(int(v) for v in p) for p in png.reshape(-1, 3)}
     assert {(220, 0, 0), (255, 140, 0), (30, 90, 255), (240, 240, 240)} <= colours
     assert tuple(png[25 + 1, 100]) == (30, 90, 255)  # the hotspot's top edge, at level-0 (100, 50) / 2
+
+
+def test_local_threads_give_torch_and_opencv_their_thread_counts_back(tmp_path, synthetic_slide_file, params):
+    """Tiles on two threads use one torch and one OpenCV thread each; the process's own settings
+    (a napari session's, say) are back afterwards."""
+    import cv2
+    import torch
+
+    from dataclasses import replace
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(2)
+    cv2.setNumThreads(3)
+    try:
+        run(detect_slide_task(synthetic_slide_file, runner=LocalRunner(workers=2), roi=(0, 0, 1700, 600),
+                              params=replace(params, torch_threads=1)))  # as analyze_task makes them for 2 workers
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 3)
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])

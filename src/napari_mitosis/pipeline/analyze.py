@@ -26,6 +26,7 @@ per slide, whatever happened to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -112,6 +113,19 @@ def run_tile(job: TileJob) -> dict:
 
 
 # ----------------------------------------------------------------------------- runners
+@contextlib.contextmanager
+def _restore_threads(torch_threads: int, cv2_threads: int):
+    """Give torch and OpenCV their thread counts back after the tiles (the tasks set one each)."""
+    try:
+        yield
+    finally:
+        import cv2
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(cv2_threads)
+
+
 class LocalRunner:
     """Tiles on local threads (a thread pool, like dask's threaded scheduler), ``in_flight`` at a time."""
 
@@ -129,8 +143,12 @@ class LocalRunner:
         # done (a window of tiles computed together waits for its slowest tile with idle threads)
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+        import cv2
+        import torch
+
+        threads = torch.get_num_threads(), cv2.getNumThreads()  # run_tile sets them (process-wide)
         it = iter(jobs)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="analyze") as pool:
+        with _restore_threads(*threads), ThreadPoolExecutor(self.workers, thread_name_prefix="analyze") as pool:
             pending = set()
             try:
                 for j in it:
