@@ -172,10 +172,10 @@ def test_overview_png_draws_mitoses_red_granulocytes_orange_and_the_hotspot_blue
 def test_local_threads_give_torch_and_opencv_their_thread_counts_back(tmp_path, synthetic_slide_file, params):
     """Tiles on two threads use one torch and one OpenCV thread each; the process's own settings
     (a napari session's, say) are back afterwards."""
+    from dataclasses import replace
+
     import cv2
     import torch
-
-    from dataclasses import replace
 
     saved = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(2)
