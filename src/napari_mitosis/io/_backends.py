@@ -58,10 +58,10 @@ def open_tiff(path: Path) -> Slide:
         series = tf.series[0]
         fmt = "svs" if tf.is_svs else "ndpi" if tf.is_ndpi else "ome-tiff" if tf.is_ome else "tiff"
         _check_tiff_series(path, tf, series)
-        size = os.path.getsize(path)
-        levels, direct = [], []
         st = os.stat(path)
-        ident = (os.path.realpath(path), st.st_mtime_ns, st.st_size)  # a rewritten file gets new keys
+        size = st.st_size
+        ident = (os.path.realpath(path), st.st_mtime_ns, size)  # a rewritten file gets new keys
+        levels, direct = [], []
         for i, lev in enumerate(series.levels):
             _check_offsets(path, lev, size, i)
             store = series.aszarr(level=i)
@@ -71,7 +71,7 @@ def open_tiff(path: Path) -> Slide:
             # dask chunks of 2 x 2 file tiles: aligned to the tiles, a quarter of the tasks
             tile = z.chunks
             chunks = tuple(2 * c if ax in "YX" else c for ax, c in zip(lev.axes, tile, strict=True))
-            arr = da.from_zarr(z, chunks=chunks, name=f"tiff-{path}-{os.path.getmtime(path)}-{i}", inline_array=True)
+            arr = da.from_zarr(z, chunks=chunks, name=f"tiff-{path}-{st.st_mtime}-{i}", inline_array=True)
             levels.append(_merge_thin_strips(_to_rgb(path, arr, lev.axes)))
             # read_region of a plain RGB level decodes the file's tiles itself (tiled pages), or
             # slices the zarr store: no per-tile dask overhead

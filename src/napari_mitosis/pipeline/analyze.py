@@ -114,14 +114,16 @@ def run_tile(job: TileJob) -> dict:
 
 # ----------------------------------------------------------------------------- runners
 @contextlib.contextmanager
-def _restore_threads(torch_threads: int, cv2_threads: int):
-    """Give torch and OpenCV their thread counts back after the tiles (the tasks set one each)."""
+def _restore_threads():
+    """Give torch and OpenCV their thread counts back after the tiles (run_tile sets one each,
+    process-wide)."""
+    import cv2
+    import torch
+
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     try:
         yield
     finally:
-        import cv2
-        import torch
-
         torch.set_num_threads(torch_threads)
         cv2.setNumThreads(cv2_threads)
 
@@ -143,12 +145,8 @@ class LocalRunner:
         # done (a window of tiles computed together waits for its slowest tile with idle threads)
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        import cv2
-        import torch
-
-        threads = torch.get_num_threads(), cv2.getNumThreads()  # run_tile sets them (process-wide)
         it = iter(jobs)
-        with _restore_threads(*threads), ThreadPoolExecutor(self.workers, thread_name_prefix="analyze") as pool:
+        with _restore_threads(), ThreadPoolExecutor(self.workers, thread_name_prefix="analyze") as pool:
             pending = set()
             try:
                 for j in it:

@@ -74,6 +74,8 @@ DEFAULT_THRESHOLDS = {
     "detect_nms_um": 6.0,  # detections closer than this are one cell
 }
 CANDIDATE_MODES = ("nuclei", "heatmap", "both")
+#: Candidate columns with the first pass's probabilities of the DETECT_CLASSES.
+FIRST_PASS_COLUMNS = ("screen_mitotic_figure", "screen_granulocyte")
 #: Slide pixel sizes accepted (um/px).
 
 
@@ -562,7 +564,7 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
     f = {k: v[keep] for k, v in f.items()}
     if params.screen_model and keep.any():  # the learned first pass
         p = first_pass(rgb, sx[keep], sy[keep], params)
-        f["screen_mitotic_figure"], f["screen_granulocyte"] = p[:, 0], p[:, 1]
+        f.update(zip(FIRST_PASS_COLUMNS, (p[:, 0], p[:, 1]), strict=True))
     return pd.DataFrame(f), n, False
 
 
@@ -621,23 +623,21 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
         # blob wins over a heatmap peak on the same cell (it has the first pass's scores)
         keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(-1).to_numpy(), nms_px / 2)
         cand = cand.iloc[keep].reset_index(drop=True)
-    if "screen_mitotic_figure" in cand and not keep_all:  # cell-gstn only where its answer can matter
-        first = cand[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(float)
-        cand = cand[needs_classifier(np.nan_to_num(first, nan=1.0), params)].reset_index(drop=True)
+    first = cand[list(FIRST_PASS_COLUMNS)].to_numpy(float) if FIRST_PASS_COLUMNS[0] in cand else None
+    if first is not None and not keep_all:  # cell-gstn only where its answer can matter
+        need = needs_classifier(np.nan_to_num(first, nan=1.0), params)
+        cand, first = cand[need].reset_index(drop=True), first[need]
     if not len(cand):
         det = empty_detections(slide_mpp)
     else:
         xy = cand[["x", "y"]].to_numpy(float)
         probs, loc, classes = classify_points(slide, xy, slide_mpp, params)
-        first = cand[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(float) \
-            if "screen_mitotic_figure" in cand else None
         cls, score = decide(probs, classes, params, first)
         cols = {"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"}
         cols.update({f"p_{c}": probs[:, i].astype(float) for i, c in enumerate(classes)})
         cols.update(cand_x=xy[:, 0], cand_y=xy[:, 1], dark=cand["dark"].to_numpy(), eosin=cand["eosin"].to_numpy())
-        for c in ("screen_mitotic_figure", "screen_granulocyte"):  # the first pass's probabilities
-            if c in cand:
-                cols[c] = cand[c].to_numpy(float)
+        if first is not None:  # the first pass's probabilities
+            cols.update(zip(FIRST_PASS_COLUMNS, first.T, strict=True))
         det = pd.DataFrame(cols)
         if not keep_all:
             det = det[det["class"] != ""].reset_index(drop=True)
