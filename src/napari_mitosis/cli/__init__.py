@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..errors import NapariMitosisError
 from . import classify, detect, heatmap, nuclei, slides, stain, train
 from . import typing as typing_cli
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return error("interrupted")
     except Exception as exc:
-        if type(exc).__module__.startswith("napari_mitosis"):
+        if isinstance(exc, NapariMitosisError):
             return error(str(exc))  # our own errors: the message says what is wrong and what to do
         if isinstance(exc, (OSError, ValueError)):
             return error(f"{type(exc).__name__}: {exc}")

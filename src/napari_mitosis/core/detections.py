@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import NapariMitosisError
+
 #: Classes of detections, their display names and colours (RGB 0-255).
 CLASSES = {
     "mitotic_figure": ("Mitotic figure", (220, 30, 60)),
@@ -44,7 +46,7 @@ _ALIASES = {
 }
 
 
-class DetectionsError(ValueError):
+class DetectionsError(NapariMitosisError, ValueError):
     """A detection table or file that cannot be used; the message says what is wrong and what to do."""
 
 

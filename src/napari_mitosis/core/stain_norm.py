@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from skimage import color
 
+from ..errors import NapariMitosisError
 from .stain import rgb_to_od
 
 #: Optical density (summed over RGB) below which a pixel is glass.
@@ -37,7 +38,7 @@ MIN_TISSUE_PIXELS = 200
 BACKGROUND = 255.0
 
 
-class StainNormError(ValueError):
+class StainNormError(NapariMitosisError, ValueError):
     """Input a normaliser cannot use; the message says what is wrong."""
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import NapariMitosisError
 from .detections import atomic_write_text
 
 FORMAT = "napari-mitosis-review"
@@ -51,7 +52,7 @@ SUFFIX = ".mitosis.json"
 FALLBACK_ENV = "NAPARI_MITOSIS_ANNOTATIONS"
 
 
-class SidecarError(ValueError):
+class SidecarError(NapariMitosisError, ValueError):
     """An annotation file that cannot be used; the message says what is wrong and what to do."""
 
 

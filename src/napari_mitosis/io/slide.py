@@ -20,6 +20,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from ..errors import NapariMitosisError
 from ..core.resample import mean2x2
 
 #: Pixel-size values outside this range (um/px) are treated as unknown: they
@@ -33,7 +34,7 @@ SMALLEST_LEVEL = 2048
 WHITE = 255
 
 
-class SlideError(ValueError):
+class SlideError(NapariMitosisError, ValueError):
     """A slide cannot be opened or read; the message names the file and what to do."""
 
 

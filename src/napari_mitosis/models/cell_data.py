@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..errors import NapariMitosisError
 from ..core.nuclei import hematoxylin_od
 from ..core.stain import as_rgb as _as_rgb
 from ..core.stain import hed_jitter
@@ -58,7 +59,7 @@ EXPORT_TABLE = "cells.csv"
 EXPORT_REQUIRED = ("image", "class", "mpp")
 
 
-class CellDataError(ValueError):
+class CellDataError(NapariMitosisError, ValueError):
     """A cell data set is missing, empty or malformed; the message says which file and what to do."""
 
 

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import NapariMitosisError
+
 #: Working pixel size of the shipped model (um/px); inputs are rescaled to it.
 MIL_MPP = 0.5
 #: Training patch side at :data:`MIL_MPP` (px): 32 um, the side of an AMi-Br crop.
@@ -46,7 +48,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-class MILError(ValueError):
+class MILError(NapariMitosisError, ValueError):
     """Input the MIL network cannot use; the message says what is wrong and what to do."""
 
 

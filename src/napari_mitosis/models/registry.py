@@ -20,10 +20,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import NapariMitosisError
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-class ModelError(RuntimeError):
+class ModelError(NapariMitosisError, RuntimeError):
     """A model cannot be found or loaded; the message says what to do."""
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import NapariMitosisError
 from ..pipeline.progress import Progress
 from .cell_data import json_default
 from .mil import (
@@ -73,7 +74,7 @@ YES = {"yes", "y", "1", "true", "t", "mitosis", "mitotic", "mitotic_figure", "po
 NO = {"no", "n", "0", "false", "f", "none", "negative", "neg", "other", "non-mitotic"}
 
 
-class MILDataError(ValueError):
+class MILDataError(NapariMitosisError, ValueError):
     """Training data for the MIL model is missing, empty or malformed; the message says what to do."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import NapariMitosisError
 from ..core.nuclei import (
     NUCLEI_MPP,
     aggregated_jaccard_index,
@@ -64,7 +65,7 @@ DEFAULT_NORM_REFERENCE = "monuseg_train/images/TCGA-A7-A13F-01Z-00-DX1.jpg"
 NORMALIZATIONS = ("none", "macenko", "reinhard", "neural")
 
 
-class DataError(ValueError):
+class DataError(NapariMitosisError, ValueError):
     """The training data folder is missing or malformed; the message says what to do."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import NapariMitosisError
 from ..core.counting import HPF_AREA_MM2, count_table, find_hotspot
 from ..io.detections import (
     atomic_write_bytes,
@@ -57,7 +58,7 @@ from .export import counts_frame
 from .progress import Progress, Task
 
 
-class AnalyzeError(ValueError):
+class AnalyzeError(NapariMitosisError, ValueError):
     """A slide or option analyze cannot use; the message says what is wrong and what to do."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import NapariMitosisError
 from .progress import Progress
 
 #: Physical side of the network's input (um): 128 px at 0.25 um/px.
@@ -39,7 +40,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _MODELS: dict = {}
 
 
-class ClassifyError(ValueError):
+class ClassifyError(NapariMitosisError, ValueError):
     """Input the classifier cannot take; the message says what is wrong and what to do."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..errors import NapariMitosisError
 from ..io.detections import check_detections, empty_detections
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task
@@ -79,7 +80,7 @@ FIRST_PASS_COLUMNS = ("screen_mitotic_figure", "screen_granulocyte")
 #: Slide pixel sizes accepted (um/px).
 
 
-class DetectError(ValueError):
+class DetectError(NapariMitosisError, ValueError):
     """Detection cannot run on this input; the message says what is wrong and what to do."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..errors import NapariMitosisError
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
@@ -44,7 +45,7 @@ MAX_HEATMAP_PIXELS = 64_000_000
 OVERVIEW = 1024
 
 
-class HeatmapError(ValueError):
+class HeatmapError(NapariMitosisError, ValueError):
     """The heatmap cannot be computed for this input; the message says what to do."""
 
 

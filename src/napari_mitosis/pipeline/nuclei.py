@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..errors import NapariMitosisError
 from ..core.nuclei import (
     NUCLEI_MPP,
     TABLE_COLUMNS,
@@ -61,7 +62,7 @@ MAX_LABEL_PIXELS = 1_000_000_000
 STAINED_OD = 0.2
 
 
-class NucleiError(ValueError):
+class NucleiError(NapariMitosisError, ValueError):
     """Nucleus segmentation cannot run on this input; the message says what to do."""
 
 

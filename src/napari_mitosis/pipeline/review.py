@@ -18,6 +18,7 @@ fraction of the steps done, tile by tile within each step.
 
 from __future__ import annotations
 
+from ..errors import NapariMitosisError
 from .progress import Progress, Task
 
 STEPS = ("nuclei", "cells", "heatmap", "types")
@@ -30,7 +31,7 @@ STEP_NAMES = {
 _SCALE = 1000
 
 
-class ReviewRunError(ValueError):
+class ReviewRunError(NapariMitosisError, ValueError):
     """The Run cannot start; the message says what to change."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..errors import NapariMitosisError
 from ..core.detections import hex_color
 from .progress import Progress, Task, run
 
@@ -60,7 +61,7 @@ PALETTE = [
 UNTYPED_COLOR = (0.6, 0.6, 0.6, 1.0)
 
 
-class TypingError(ValueError):
+class TypingError(NapariMitosisError, ValueError):
     """Nucleus typing cannot run on this input; the message says what is wrong and what to do."""
 
 
