@@ -16,7 +16,7 @@ def _error_classes():
             continue  # Qt: imported by the GUI tests
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
-            if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == info.name:
+            if inspect.isclass(obj) and issubclass(obj, Exception) and not issubclass(obj, Warning) and obj.__module__ == info.name:
                 yield name, obj
 
 
