@@ -237,8 +237,8 @@ def cmd_make_real(args):
 #: the steps of a tile, as the functions that do them (cumulative time of each)
 PROFILE_STEPS = {
     "screening level read": "tile_candidates>read_region",
-    "optical density + background test": "_od",
-    "screening features": "_features",
+    "optical density + background test": "optical_density",
+    "screening features": "blob_features",
     "first pass (cell-screen)": "first_pass",
     "cell-gstn, crops and network": "classify_points",
     "  of which the level-0 crops": "_crops",

@@ -34,7 +34,7 @@ SHARED = ROOT.parent / "shared" / "data"
 def validation(data, normaliser=None, folder=None, log=True):
     """Validation metrics; ``normaliser`` is applied to every image at 0.5 um/px (as the trainer does)."""
     from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
-    from napari_mitosis.models.train_nuclei import (
+    from napari_mitosis.training.train_nuclei import (
         evaluate_log,
         evaluate_unet,
         list_images,
@@ -57,7 +57,7 @@ def checkpoint_validation(data, normaliser, checkpoint, folder):
     import torch
 
     from napari_mitosis.models.registry import read_spec
-    from napari_mitosis.models.train_nuclei import (
+    from napari_mitosis.training.train_nuclei import (
         evaluate_unet,
         list_images,
         load_sample,
@@ -77,7 +77,7 @@ def checkpoint_validation(data, normaliser, checkpoint, folder):
 def normalised_model_table(data, folder, baseline=None, checkpoint=None):
     """Section 4.1.1: shipped model (un-normalised, test-time-normalised) vs a model trained on normalised images."""
     from napari_mitosis.models.registry import read_spec
-    from napari_mitosis.models.train_nuclei import make_load_normalizer
+    from napari_mitosis.training.train_nuclei import make_load_normalizer
 
     spec = read_spec("nuclei-unet", folder)
     sn = (spec.training or {}).get("stain_normalization")

@@ -49,10 +49,10 @@ EOE_TEST_GROUPS = ["eoe/13_12", "eoe/13_14", "eoe/15_13", "eoe/16_10", "eoe/17_1
 def train(args):
     import torch
 
-    from napari_mitosis.models.cell_data import CLASSES, CellSampler, read_cells
+    from napari_mitosis.training.cell_data import CLASSES, CellSampler, read_cells
     from napari_mitosis.models.gstn import WORK_MPP
     from napari_mitosis.models.registry import ModelSpec, save_model
-    from napari_mitosis.models.train_classifier import TrainConfig, train_gstn
+    from napari_mitosis.training.train_classifier import TrainConfig, train_gstn
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -157,7 +157,7 @@ def match(det_xy, det_score, gt_xy, radius):
 
 def detections_at(c: pd.DataFrame, cls: str, thr: dict, mpp: float):
     """Apply screening + class threshold + NMS to scored candidates of one image."""
-    from napari_mitosis.pipeline.detect import nms
+    from napari_mitosis.core.screening import nms
 
     if cls == "mitotic_figure":
         ok = (c.dark >= thr["detect_screen_dark"]) & (c.p_mitotic_figure >= thr["detect_mitotic_figure"])
@@ -212,7 +212,7 @@ def choose(cands, truth, images, cls, mpp, base):
 
 
 def evaluate(args):
-    from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS
+    from napari_mitosis.core.decision import DEFAULT_THRESHOLDS
 
     results = {"criterion": "TP within 7.5 um of an unmatched ground-truth object, greedy by score; F1 micro over images",
                "anchors": {"MIDOG 2021 reference RetinaNet F1": 0.718, "MIDOG 2021 winner F1": 0.748},

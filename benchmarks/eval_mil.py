@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_mitosis.models.train_mil import (
+from napari_mitosis.training.train_mil import (
     TrainConfig,
     default_stain,
     load_items,

@@ -3,7 +3,7 @@
 Protocol
 --------
 Candidates: every loosely screened candidate (``LOOSE`` of eval_detection.py) of
-every labelled image, built by ``models/train_screen.py build`` (cached in
+every labelled image, built by ``training/train_screen.py build`` (cached in
 ``benchmarks/data/screen/candidates.npz``). On the 61 labelled MITOS-ATYPIA-14
 frames and the 24 EoE test tiles they are exactly the candidates of
 ``benchmarks/data/detect_eval/candidates_heldout.csv`` (joined by position), so
@@ -31,7 +31,7 @@ trained without any MITOS frame (``nomitos``) and the out-of-fold screen scores
 are compared with the in-domain GSTNs of eval_detection.py (``eval-indomain``,
 trained with two MITOS groups) on their held-out groups.
 
-    python -m napari_mitosis.models.train_screen build   # candidates (~1 min)
+    python -m napari_mitosis.training.train_screen build   # candidates (~1 min)
     python benchmarks/eval_screen.py --minutes 4          # 4 fold models + 1 without MITOS (~22 min, 1 thread) + evaluation
     python benchmarks/eval_screen.py --reuse              # evaluation only, from the cached fold predictions
 """
@@ -90,7 +90,7 @@ def train_folds(ds, minutes, reuse):
     import torch
 
     from napari_mitosis.models.screen_net import CLASSES
-    from napari_mitosis.models.train_screen import predict_patches, train_screen
+    from napari_mitosis.training.train_screen import predict_patches, train_screen
 
     tb, P = ds["table"], ds["patches"]
     eoe_test = tb.group.isin(ED.EOE_TEST_GROUPS).to_numpy()
@@ -155,7 +155,7 @@ def _choose(split, truth, images, cls, mpp, base):
 
 def detection_f1(t, scores: dict, cls, mpp, truth, folds):
     """F1 of each scoring variant; thresholds chosen on the complement of each test fold."""
-    from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS
+    from napari_mitosis.core.decision import DEFAULT_THRESHOLDS
 
     base = dict(DEFAULT_THRESHOLDS)
     out = {}
@@ -188,8 +188,9 @@ def eoe_truth_and_folds(eo: pd.DataFrame):
 
 
 def evaluate(ds, preds):
-    from napari_mitosis.models.train_screen import keep_threshold
-    from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS, screen
+    from napari_mitosis.training.train_screen import keep_threshold
+    from napari_mitosis.core.decision import DEFAULT_THRESHOLDS
+    from napari_mitosis.core.screening import screen
 
     t = join_gstn(ds["table"])
     res = {"protocol": __doc__.split("Protocol\n--------\n")[1].split("\n\n    python")[0]}
@@ -400,7 +401,7 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=4.0, help="training time per fold model")
     ap.add_argument("--reuse", action="store_true", help="reuse cached fold predictions")
     a = ap.parse_args(argv)
-    from napari_mitosis.models.train_screen import LOOSE, build_dataset
+    from napari_mitosis.training.train_screen import LOOSE, build_dataset
 
     assert LOOSE == ED.LOOSE, "train_screen.LOOSE must equal eval_detection.LOOSE"
     t0 = time.time()

@@ -10,7 +10,7 @@ markdown tables for docs/typing.md.
     .venv/bin/python benchmarks/eval_typing.py --model results/typing/k4/nuclei-infogan-k4.pt
 
 The labelled cells are cut out exactly as in training (cached by
-``napari_mitosis.models.train_typing.cached_shared``); see docs/typing.md.
+``napari_mitosis.training.train_nucleus_types.cached_shared``); see docs/typing.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_mitosis.models import train_typing as tt
+from napari_mitosis.training import train_nucleus_types as tt
 from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
 
 PAPER = {"infogan": 66.6, "kmeans_raw": 44.3, "kmeans_unet": 47.2}

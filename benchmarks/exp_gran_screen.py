@@ -1,7 +1,7 @@
 """Experiment: tighter granulocyte-path screening (detect_screen_gran_dark, detect_screen_eosin).
 
 A blob reaches the learned first pass when ``dark >= screen_dark OR (dark >= gran_dark AND eosin >=
-eosin)`` (``pipeline.detect.screen``). For each fixed (gran_dark, eosin) of a 5 x 5 grid, with
+eosin)`` (``core.screening.screen``). For each fixed (gran_dark, eosin) of a 5 x 5 grid, with
 screen_dark = 1.5 (the operating point of benchmarks/screen_results.json), this measures:
 
 - EoE granulocyte F1 on the 24 EoE test tiles, protocol of eval_screen.evaluate: score
@@ -102,9 +102,10 @@ def boot_delta(a: dict, b: dict, n=2000, seed=0):
 def all_blobs(table: pd.DataFrame) -> dict:
     """screen_features of every blob of every MITOS frame / EoE tile of the table (as build_dataset
     finds them, before the loose screen and the 3 um merge), by image."""
-    from napari_mitosis.models.cell_data import read_rgb
-    from napari_mitosis.models.train_screen import DEFAULT_DATA, screening_image
-    from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS, screen_features
+    from napari_mitosis.training.cell_data import read_rgb
+    from napari_mitosis.training.train_screen import DEFAULT_DATA, screening_image
+    from napari_mitosis.core.decision import DEFAULT_THRESHOLDS
+    from napari_mitosis.core.screening import screen_features
 
     out = {}
     for (dataset, name), g in table[table.dataset.isin(["mitos", "eoe"])].groupby(["dataset", "image"]):
@@ -125,8 +126,8 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    from napari_mitosis.models.train_screen import LOOSE, build_dataset
-    from napari_mitosis.pipeline.detect import DEFAULT_THRESHOLDS
+    from napari_mitosis.training.train_screen import LOOSE, build_dataset
+    from napari_mitosis.core.decision import DEFAULT_THRESHOLDS
 
     t0 = time.time()
     ds = build_dataset()

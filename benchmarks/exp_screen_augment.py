@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import eval_screen as ES
 
-from napari_mitosis.models import train_screen as TS
+from napari_mitosis.training import train_screen as TS
 from napari_mitosis.models.screen_net import CLASSES, PATCH
 
 OUTD = ROOT / "benchmarks" / "data" / "screen_xdomain"

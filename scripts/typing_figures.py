@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_mitosis.models import train_typing as tt
+from napari_mitosis.training import train_nucleus_types as tt
 from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
 from napari_mitosis.pipeline.typing import type_colors
 

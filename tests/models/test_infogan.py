@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_mitosis.models.infogan import InfoGAN, gradient_penalty
-from napari_mitosis.models.train_typing import (
+from napari_mitosis.training.train_nucleus_types import (
     TrainConfig,
     augment_batch,
     check_k,

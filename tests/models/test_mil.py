@@ -1,4 +1,4 @@
-"""The weakly supervised mitosis network (models/mil.py), its data readers and training (models/train_mil.py)."""
+"""The weakly supervised mitosis network (models/mil.py), its data readers and training (training/train_mil.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from napari_mitosis.models.mil import (
     receptive_field,
     upsample_map,
 )
-from napari_mitosis.models.train_mil import (
+from napari_mitosis.training.train_mil import (
     MILDataError,
     TrainConfig,
     augment_batch,
@@ -193,7 +193,7 @@ def test_patches_too_small_grey_or_without_pixel_size_are_refused(tmp_path):
 
 
 def test_review_export_cells_become_windows_labelled_by_class(tmp_path):
-    from napari_mitosis.models.cell_data import write_export
+    from napari_mitosis.training.cell_data import write_export
 
     img = _tile(1, (60, 60), size=200)
     cells = pd.DataFrame({"image": ["a.png"] * 3, "x": [60, 170, 30], "y": [60, 170, 160],
@@ -249,7 +249,7 @@ def test_shipped_model_loads_and_is_small():
 def test_shipped_model_ranks_held_out_mitoses_above_mitosis_free_windows():
     """On the test frame group (A03_02, never trained on): windows with a mitosis score higher."""
     from napari_mitosis.models.registry import load_model
-    from napari_mitosis.models.train_mil import (
+    from napari_mitosis.training.train_mil import (
         MITOS14_MPP,
         MITOS14_SCALE_FIX,
         Stain,

@@ -78,9 +78,9 @@ def test_shipped_model_ranks_mitoses_above_lookalikes_on_mitos_frames():
     both a mitosis candidate and a look-alike candidate, mitoses get the higher mean p_mitotic_figure."""
     import pandas as pd
 
-    from napari_mitosis.models.cell_data import read_rgb
+    from napari_mitosis.training.cell_data import read_rgb
     from napari_mitosis.models.registry import load_model
-    from napari_mitosis.models.train_screen import (
+    from napari_mitosis.training.train_screen import (
         MITOS_MPP,
         candidates,
         label_candidates,

@@ -4,7 +4,8 @@ import torch
 from skimage import color
 
 from napari_mitosis.core.stain_metrics import delta_e, structure_ssim
-from napari_mitosis.core.stain_norm import StainNormError, load_normalizer, save_normalizer
+from napari_mitosis.core.stain_norm import StainNormError, save_normalizer
+from napari_mitosis.models.stain_net import load_normalizer
 from napari_mitosis.core.synthetic import synthetic_he
 from napari_mitosis.models.stain_net import NeuralStainNormalizer, StainTransferNet, lab_to_rgb, rgb_to_lab
 from tests.conftest import shared_file

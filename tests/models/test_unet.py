@@ -46,7 +46,7 @@ def _tiny_data(root):
 
 
 def test_training_smoke_run_ships_a_loadable_model(tmp_path):
-    from napari_mitosis.models.train_nuclei import TrainConfig, train
+    from napari_mitosis.training.train_nuclei import TrainConfig, train
 
     _tiny_data(tmp_path / "data")
     cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), minutes=1, patch=32, batch=2,
@@ -65,7 +65,7 @@ def test_training_smoke_run_ships_a_loadable_model(tmp_path):
 
 
 def test_training_refuses_a_missing_data_folder(tmp_path):
-    from napari_mitosis.models.train_nuclei import DataError, list_images
+    from napari_mitosis.training.train_nuclei import DataError, list_images
 
     with pytest.raises(DataError, match="--data"):
         list_images(tmp_path / "nope")
@@ -103,7 +103,7 @@ def test_shipped_model_on_a_real_validation_image(shipped):
     from skimage.transform import resize
 
     from napari_mitosis.core.nuclei import probabilities_to_instances
-    from napari_mitosis.models.train_nuclei import VALIDATION
+    from napari_mitosis.training.train_nuclei import VALIDATION
 
     assert "TCGA-A7-A13E-01Z-00-DX1" in VALIDATION["monuseg_train"]
     rgb = imread(shared_file("nuclei", "monuseg_train", "images", "TCGA-A7-A13E-01Z-00-DX1.jpg"))[:600, :600]
@@ -120,7 +120,7 @@ def test_training_option_normalises_images_toward_the_reference(tmp_path):
     """--normalize macenko: every loaded image is stain-normalised once, its tissue colour moves to the reference's."""
     from skimage.io import imsave
 
-    from napari_mitosis.models.train_nuclei import (
+    from napari_mitosis.training.train_nuclei import (
         TrainConfig,
         list_images,
         load_sample,

@@ -70,7 +70,7 @@ def test_real_held_out_crops_mitoses_vs_other_nuclei():
     """AMi-Br mitoses (one per held-out slide) and MoNuSeg nuclei (held-out images): a reasonable accuracy."""
     from skimage.io import imread
 
-    from napari_mitosis.models.cell_data import _label_centroids
+    from napari_mitosis.training.cell_data import _label_centroids
 
     labels = shared_file("mitosis", "amibr_midog21", "labels.csv")
     monuseg = shared_file("nuclei", "monuseg_train")
@@ -141,7 +141,7 @@ def test_bad_input_is_refused_clearly(tmp_path, synthetic_slide_file):
 
 
 def test_the_mitosis_threshold_is_an_operating_point():
-    from napari_mitosis.models.train_classifier import decide
+    from napari_mitosis.core.decision import classify_by_thresholds as decide
 
     p = np.array([[0.5, 0.2, 0.3], [0.7, 0.1, 0.2], [0.4, 0.5, 0.1], [0.2, 0.1, 0.7]])
     assert decide(p, CLASSES).tolist() == [0, 0, 1, 2]

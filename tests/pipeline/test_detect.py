@@ -9,13 +9,13 @@ from scipy.spatial import cKDTree
 
 from napari_mitosis.io import open_slide
 from napari_mitosis.io.detections import COLUMNS
+from napari_mitosis.core.decision import decide_detections, needs_classifier
+from napari_mitosis.core.screening import nms, screen_features
 from napari_mitosis.pipeline.detect import (
     DetectError,
     detect_task,
     make_params,
-    nms,
     plan_tiles,
-    screen_features,
 )
 from napari_mitosis.pipeline.progress import run
 from tests.conftest import shared_file
@@ -54,16 +54,16 @@ def test_screening_features_equal_scipys_filters():
     """The OpenCV filters give the features of scipy.ndimage's Gaussian and maximum filters."""
     from scipy import ndimage as ndi
 
-    from napari_mitosis.core.nuclei import _DECONV
+    from napari_mitosis.core.nuclei import DECONV
     from napari_mitosis.core.stain import rgb_to_od
     from napari_mitosis.core.synthetic import SyntheticHE
 
     rgb, _ = SyntheticHE(shape=(300, 300), mpp=0.5, seed=3, tissue="full").render(0, 0, 300, 300)
     f = screen_features(rgb, 0.5, nucleus_od=0.3)
     od = rgb_to_od(rgb).astype(np.float32)
-    hs = ndi.gaussian_filter(np.maximum(od @ _DECONV[:, 0], 0).astype(np.float32), 2.0)
+    hs = ndi.gaussian_filter(np.maximum(od @ DECONV[:, 0], 0).astype(np.float32), 2.0)
     ys, xs = np.nonzero((hs == ndi.maximum_filter(hs, 13)) & (hs > 0.3))
-    eos = ndi.gaussian_filter(np.maximum(od @ _DECONV[:, 1], 0).astype(np.float32), 6.0)[ys, xs]
+    eos = ndi.gaussian_filter(np.maximum(od @ DECONV[:, 1], 0).astype(np.float32), 6.0)[ys, xs]
     assert len(f) == len(ys) > 20
     assert np.array_equal(f["x"].to_numpy(), xs) and np.array_equal(f["y"].to_numpy(), ys)
     dark = hs[ys, xs] / np.percentile(hs[ys, xs], 90)
@@ -215,11 +215,11 @@ def test_the_first_pass_skips_the_classifier_only_where_it_cannot_change_the_res
     params = replace(on, thresholds={**on.thresholds, "detect_mitotic_figure": t_mit, "detect_granulocyte": 0.999})
     pruned = detect.detect_tile(slide, *tile, params, 0.25)
     full = detect.detect_tile(slide, *tile, params, 0.25, keep_all=True)  # cell-gstn on every blob
-    need = detect.needs_classifier(full["detections"][["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(), params)
+    need = needs_classifier(full["detections"][["screen_mitotic_figure", "screen_granulocyte"]].to_numpy(), params)
     assert 0 < pruned["screened"] == need.sum() < full["screened"]  # cell-gstn saw only those
     full = full["detections"]
     full = full[full["class"] != ""].reset_index(drop=True)
-    full = full.iloc[detect.nms(full[["x", "y"]].to_numpy(), full["score"].to_numpy(), 6.0 / 0.25)]
+    full = full.iloc[nms(full[["x", "y"]].to_numpy(), full["score"].to_numpy(), 6.0 / 0.25)]
     det = pruned["detections"]
     assert len(det) == len(full)  # skipping changed nothing
     assert np.allclose(det.sort_values("x")[["x", "y", "score"]].to_numpy(), full.sort_values("x")[["x", "y", "score"]].to_numpy())
@@ -281,7 +281,7 @@ def test_heatmap_peaks_as_candidates_alone_or_with_the_blobs(synthetic_slide_fil
     scored = b["screen_mitotic_figure"].notna()
     assert scored.sum() == blobs["screened"]  # every blob kept, with its first-pass score
     first = b[["screen_mitotic_figure", "screen_granulocyte"]].to_numpy()
-    cls, score = detect.decide(b[["p_mitotic_figure", "p_granulocyte", "p_other"]].to_numpy(),
+    cls, score = decide_detections(b[["p_mitotic_figure", "p_granulocyte", "p_other"]].to_numpy(),
                                ["mitotic_figure", "granulocyte", "other"], make_params(**kw), first)
     assert list(cls) == list(b["class"]) and np.allclose(score, b["score"])
     slide.close()

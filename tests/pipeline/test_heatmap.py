@@ -126,7 +126,7 @@ def test_the_slide_heatmap_reproduces_the_map_that_was_evaluated():
 
     from napari_mitosis.models.mil import predict_map, upsample_map
     from napari_mitosis.models.registry import load_model
-    from napari_mitosis.models.train_mil import (
+    from napari_mitosis.training.train_mil import (
         MITOS14_MPP,
         MITOS14_SCALE_FIX,
         Stain,

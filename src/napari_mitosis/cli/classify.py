@@ -49,9 +49,9 @@ def cmd_classify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..models.cell_data import CLASSES
+    from ..training.cell_data import CLASSES
     from ..models.registry import WEIGHTS_DIR
-    from ..models.train_classifier import BASELINE_NAME, GSTN_NAME, TrainConfig, train_task
+    from ..training.train_classifier import BASELINE_NAME, GSTN_NAME, TrainConfig, train_task
     from ..pipeline import run
 
     cfg = TrainConfig(

@@ -121,7 +121,7 @@ def _configure_train_screen(p):
 
 
 def cmd_train_screen(args) -> int:
-    from ..models.train_screen import main
+    from ..training.train_screen import main
 
     argv = ["train", "--minutes", str(args.minutes), "--seed", str(args.seed), "--ship"]
     argv += ["--data", args.data] if args.data else []

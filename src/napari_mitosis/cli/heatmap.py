@@ -92,7 +92,7 @@ def _command(args) -> str:
 
 def cmd_train(args) -> int:
     from ..models.registry import WEIGHTS_DIR
-    from ..models.train_mil import TrainConfig, train_task
+    from ..training.train_mil import TrainConfig, train_task
     from ..pipeline import run
 
     if args.minutes <= 0 and not args.max_steps:

@@ -114,8 +114,8 @@ def configure_train(p) -> None:
 
 def cmd_train(args) -> int:
     from ..models.registry import WEIGHTS_DIR
-    from ..models.train_nuclei import TrainConfig
-    from ..models.train_nuclei import train as run_training
+    from ..training.train_nuclei import TrainConfig
+    from ..training.train_nuclei import train as run_training
 
     if args.patch % 16 or args.patch < 32:
         raise ValueError(f"--patch must be a multiple of 16 and at least 32, got {args.patch}")

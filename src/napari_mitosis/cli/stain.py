@@ -20,7 +20,8 @@ MAX_OUTPUT_PIXELS = 200_000_000
 def cmd_normalize(args) -> int:
     import numpy as np
 
-    from ..core.stain_norm import load_normalizer, save_normalizer
+    from ..core.stain_norm import save_normalizer
+    from ..models.stain_net import load_normalizer
     from ..io import open_slide
     from ..pipeline import run
     from ..pipeline.stain import make_normalizer, normalize_region_task, read_reference
@@ -84,7 +85,7 @@ def write_image(path, rgb, mpp=None) -> Path:
 def cmd_train_stain(args) -> int:
     import torch
 
-    from ..models import train_stain as ts
+    from ..training import train_stain as ts
     from ..models.registry import ModelSpec, save_model
 
     torch.set_num_threads(args.threads)

@@ -88,7 +88,7 @@ def configure_train(p) -> None:
 def cmd_train(args) -> int:
     import torch
 
-    from ..models import train_typing as tt
+    from ..training import train_nucleus_types as tt
     from ..pipeline.typing import TypingError
 
     if args.minutes <= 0:
@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
 def _train(args, out: Path, log) -> int:
     import numpy as np
 
-    from ..models import train_typing as tt
+    from ..training import train_nucleus_types as tt
     from ..models.registry import WEIGHTS_DIR
     from ..pipeline.typing import TypingError
 

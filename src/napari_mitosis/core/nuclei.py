@@ -40,7 +40,7 @@ def _deconvolution_matrix() -> np.ndarray:
     return np.linalg.inv(m).astype(np.float32)
 
 
-_DECONV = _deconvolution_matrix()
+DECONV = _deconvolution_matrix()
 
 
 def check_rgb(rgb, name: str = "image") -> np.ndarray:
@@ -80,7 +80,7 @@ def hematoxylin_od(rgb, background: float = BACKGROUND) -> np.ndarray:
     [[0.0, 1.0]]
     """
     od = rgb_to_od(check_rgb(rgb), background)
-    h = od @ _DECONV[:, 0]
+    h = od @ DECONV[:, 0]
     return np.maximum(h, 0.0, out=h)
 
 

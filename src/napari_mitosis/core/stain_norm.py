@@ -254,16 +254,16 @@ def _arrays(obj):
 
 
 def normalizer_from_dict(data: dict) -> StainNormalizer:
-    """Rebuild a fitted normaliser from :meth:`StainNormalizer.to_dict`."""
+    """Rebuild a fitted classical normaliser from :meth:`StainNormalizer.to_dict` (any method,
+    the neural one too: :func:`napari_mitosis.models.stain_net.normalizer_from_dict`)."""
     method = data.get("method")
     if method in CLASSICAL:
         norm = CLASSICAL[method](**({"alpha": data["alpha"]} if "alpha" in data else {}))
         norm.target = _arrays(data["target"]) if data.get("target") is not None else None
         return norm
     if method == "neural":
-        from ..models.stain_net import NeuralStainNormalizer
-
-        return NeuralStainNormalizer.from_dict(data)
+        raise StainNormError("a neural stain normaliser is rebuilt by napari_mitosis.models.stain_net.normalizer_from_dict "
+                             "(it needs the network)")
     raise StainNormError(f"unknown stain normalisation method {method!r}")
 
 
@@ -284,18 +284,16 @@ def save_normalizer(norm: StainNormalizer, path) -> Path:
     return path
 
 
-def load_normalizer(path) -> StainNormalizer:
-    """Read a normaliser written by :func:`save_normalizer`."""
+def read_normalizer_dict(path) -> dict:
+    """The JSON of a normaliser written by :func:`save_normalizer`, or a clear :class:`StainNormError`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise StainNormError(f"{path}: not a saved stain normaliser ({exc})") from exc
-    if data.get("method") == "neural" and data.get("weights"):
-        import torch
 
-        from ..models.stain_net import NeuralStainNormalizer
 
-        state = torch.load(path.parent / data["weights"], map_location="cpu", weights_only=True)
-        return NeuralStainNormalizer.from_dict(data, state)
-    return normalizer_from_dict(data)
+def load_normalizer(path) -> StainNormalizer:
+    """Read a classical normaliser written by :func:`save_normalizer` (any method, the neural one
+    too: :func:`napari_mitosis.models.stain_net.load_normalizer`)."""
+    return normalizer_from_dict(read_normalizer_dict(path))

@@ -14,7 +14,7 @@ Network: four 3x3 conv + BN + ReLU stages (8-16-32-64 channels by default),
 2x2 max pooling between them, global average + max pooling, one linear layer.
 Input: RGB uint8 values as float (0-255); the scaling is inside the network.
 
-See ``models/train_screen.py`` (data, training) and ``docs/screen_net.md``.
+See ``training/train_screen.py`` (data, training) and ``docs/screen_net.md``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core import stain_norm as classical
 from ..core.stain_norm import StainNormalizer, StainNormError, check_rgb, tissue_weight
 
 AB_SCALE = 110.0
@@ -167,7 +168,7 @@ class NeuralStainNormalizer(StainNormalizer):
 
     def fit(self, reference, mpp: float | None = None, seed: int = 0):
         """Fine-tune on an RGB reference (rescaled from ``mpp`` to the working resolution)."""
-        from .train_stain import finetune
+        from .stain_finetune import finetune
 
         reference = check_rgb(reference, "reference")
         if (tissue_weight(reference) >= 1).sum() < 200:
@@ -268,3 +269,23 @@ def _rescale(image: np.ndarray, factor: float) -> np.ndarray:
 
     out = rescale(image, 1 / factor, channel_axis=2, anti_aliasing=factor > 1, preserve_range=True)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def normalizer_from_dict(data: dict) -> StainNormalizer:
+    """Rebuild a fitted normaliser of any method (classical or neural) from its ``to_dict()``."""
+    if data.get("method") == "neural":
+        return NeuralStainNormalizer.from_dict(data)
+    return classical.normalizer_from_dict(data)
+
+
+def load_normalizer(path) -> StainNormalizer:
+    """Read a normaliser of any method written by :func:`napari_mitosis.core.stain_norm.save_normalizer`
+    (a fine-tuned network's weights from the ``.pt`` beside it)."""
+    from pathlib import Path
+
+    path = Path(path)
+    data = classical.read_normalizer_dict(path)
+    if data.get("method") == "neural" and data.get("weights"):
+        state = torch.load(path.parent / data["weights"], map_location="cpu", weights_only=True)
+        return NeuralStainNormalizer.from_dict(data, state)
+    return normalizer_from_dict(data)

@@ -123,12 +123,12 @@ def _run_batches(net, spec, inputs, device, batch, names, label):
 
 
 def _frame(key, ids, probs, spec):
-    from ..models.train_classifier import decide
+    from ..core.decision import classify_by_thresholds
 
     df = pd.DataFrame({key: ids})
     for i, c in enumerate(spec.classes):
         df[f"p_{c}"] = probs[:, i]
-    df["class"] = [spec.classes[k] for k in decide(probs, list(spec.classes), spec.thresholds)] if len(probs) else []
+    df["class"] = [spec.classes[k] for k in classify_by_thresholds(probs, list(spec.classes), spec.thresholds)] if len(probs) else []
     return df
 
 

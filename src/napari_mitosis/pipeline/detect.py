@@ -36,12 +36,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
 from ..errors import NapariMitosisError
+from ..core.decision import DEFAULT_THRESHOLDS, decide_detections, needs_classifier
+from ..core.screening import blob_features, is_background_od, nms, optical_density, screen
 from ..io.detections import check_detections, empty_detections
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task
@@ -59,21 +60,6 @@ CROP_MPP_TOL = 0.05
 #: Side of a tile core (um) and its halo (um).
 TILE_UM = 512.0
 HALO_UM = 16.0
-#: Detection classes, in the order of the table.
-DETECT_CLASSES = ("mitotic_figure", "granulocyte")
-#: Default detection thresholds (overridden by ``detect_*`` keys of the model spec's thresholds).
-#: The values are those chosen on validation data for the cascade cell-screen -> cell-gstn, whose
-#: class score is sqrt(p_first * p_gstn) (benchmarks/eval_screen.py, docs/detection.md): screening
-#: and mitosis thresholds on MITOS-ATYPIA-14 frames, granulocyte ones on EoE tiles.
-DEFAULT_THRESHOLDS = {
-    "detect_nucleus_od": 0.25,  # min smoothed hematoxylin OD of a blob to be a nucleus
-    "detect_screen_dark": 1.5,  # darkness / tile's 90th percentile: a candidate (mitosis screening)
-    "detect_screen_gran_dark": 1.2,  # ... or at least this dark (relative) and
-    "detect_screen_eosin": 0.9,  # ... with this much eosin around it (relative; granulocyte screening)
-    "detect_mitotic_figure": 0.8,  # min score of a mitotic figure
-    "detect_granulocyte": 0.9,  # min score of a granulocyte
-    "detect_nms_um": 6.0,  # detections closer than this are one cell
-}
 CANDIDATE_MODES = ("nuclei", "heatmap", "both")
 #: Candidate columns with the first pass's probabilities of the DETECT_CLASSES.
 FIRST_PASS_COLUMNS = ("screen_mitotic_figure", "screen_granulocyte")
@@ -158,184 +144,6 @@ def load_models(params: DetectParams) -> tuple:
     first = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False) \
         if params.screen_model else None
     return gstn, first
-
-
-# ------------------------------------------------------------------------ candidates
-def _eosin_od(od: np.ndarray) -> np.ndarray:
-    from ..core.nuclei import _DECONV
-
-    e = od @ _DECONV[:, 1]
-    return np.maximum(e, 0.0, out=e)
-
-
-def _od_lut() -> np.ndarray:
-    """Optical density of every uint8 value (:func:`~napari_mitosis.core.stain.rgb_to_od`, float32)."""
-    global _OD_LUT
-    if _OD_LUT is None:
-        from ..core.stain import rgb_to_od
-
-        _OD_LUT = np.ascontiguousarray(rgb_to_od(np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1))[:, 0],
-                                       dtype=np.float32)
-    return _OD_LUT
-
-
-_OD_LUT = None
-
-
-def _od(rgb: np.ndarray) -> np.ndarray:
-    """``rgb_to_od(rgb)`` (float32) by table look-up (OpenCV's LUT: one gather instead of a logarithm per value)."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        from ..core.stain import rgb_to_od
-
-        return rgb_to_od(rgb)
-    return cv2.LUT(np.ascontiguousarray(rgb), _od_lut())
-
-
-def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
-    """``scipy.ndimage.gaussian_filter(img, sigma)`` of a 2-D float32 image (mode reflect,
-    truncate 4) by OpenCV: equal to float rounding, ~10x faster, and without the GIL.
-
-    >>> from scipy import ndimage as ndi
-    >>> img = np.random.default_rng(0).random((40, 30), dtype=np.float32)
-    >>> bool(np.allclose(_gaussian(img, 2.0), ndi.gaussian_filter(img, 2.0), atol=1e-6))
-    True
-    """
-    r = int(4.0 * float(sigma) + 0.5)
-    return cv2.GaussianBlur(np.ascontiguousarray(img, np.float32), (2 * r + 1, 2 * r + 1), float(sigma),
-                            sigmaY=float(sigma), borderType=cv2.BORDER_REFLECT)
-
-
-def _gaussian_at(img: np.ndarray, sigma: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``_gaussian(img, sigma)[ys, xs]`` (float64), smoothing across rows over the whole image
-    and along them at those pixels only: half the work of the whole-image filter.
-
-    >>> img = np.random.default_rng(0).random((50, 60), dtype=np.float32)
-    >>> ys, xs = np.array([0, 10, 49]), np.array([59, 3, 30])
-    >>> bool(np.allclose(_gaussian_at(img, 3.0, ys, xs), _gaussian(img, 3.0)[ys, xs], atol=1e-6))
-    True
-    """
-    r = int(4.0 * float(sigma) + 0.5)
-    if min(img.shape) <= r or len(ys) * (2 * r + 1) > img.size:  # small image, or dense points
-        return _gaussian(img, sigma)[ys, xs].astype(float)
-    g = cv2.getGaussianKernel(2 * r + 1, float(sigma), cv2.CV_32F)
-    v = cv2.sepFilter2D(np.ascontiguousarray(img, np.float32), -1, np.ones((1, 1), np.float32), g,
-                        borderType=cv2.BORDER_REFLECT)
-    cols = xs[:, None] + np.arange(-r, r + 1)  # the row windows, reflected at the borders (r < width)
-    cols = np.where(cols < 0, -1 - cols, cols)
-    cols = np.where(cols >= v.shape[1], 2 * v.shape[1] - 1 - cols, cols)
-    return (v[ys[:, None], cols] @ g[:, 0]).astype(float)
-
-
-def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
-    """``scipy.ndimage.maximum_filter(a, size)`` (any mode that repeats edge values: reflect,
-    nearest ...) by OpenCV's dilation with a square: exact.
-
-    >>> from scipy import ndimage as ndi
-    >>> a = np.random.default_rng(0).random((20, 25), dtype=np.float32)
-    >>> bool(np.array_equal(_max_filter(a, 7), ndi.maximum_filter(a, 7)))
-    True
-    """
-    return cv2.dilate(np.ascontiguousarray(a), np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT)
-
-
-def _is_background_od(od: np.ndarray) -> bool:
-    """:func:`~napari_mitosis.pipeline.nuclei.is_background` from the image's optical density."""
-    from .nuclei import EMPTY_FRACTION, STAINED_OD
-
-    sub = od[::2, ::2]
-    need, seen = EMPTY_FRACTION * sub.shape[0] * sub.shape[1], 0
-    for i in range(0, sub.shape[0], 64):  # stop as soon as enough stained pixels are seen (tissue tiles)
-        seen += np.count_nonzero(sub[i : i + 64].sum(axis=2) > STAINED_OD)
-        if seen >= need:
-            return False
-    return True
-
-
-def screen_features(rgb: np.ndarray, mpp: float, nucleus_od: float = DEFAULT_THRESHOLDS["detect_nucleus_od"],
-                    od: np.ndarray | None = None) -> pd.DataFrame:
-    """Hematoxylin blobs of an RGB image and the features that screen them.
-
-    Returns a DataFrame with ``x, y`` (pixels of ``rgb``), ``dark`` (hematoxylin
-    OD smoothed over ~1 um at the blob: condensed chromatin is darkest) and
-    ``eosin`` (eosin OD smoothed over ~3 um: the granular cytoplasm of
-    eosinophils), both relative to their 90th percentile over the image's blobs,
-    one row per local maximum of the smoothed hematoxylin at least 3 um from a
-    brighter one and above ``nucleus_od``. ``od``: the image's optical density,
-    when the caller has it already.
-
-    The smoothing and the running maximum are OpenCV's (they equal scipy.ndimage's
-    to float rounding, at a tenth of the cost, and release the GIL, so tiles on
-    threads run in parallel).
-
-    Examples
-    --------
-    >>> from napari_mitosis.core.synthetic import SyntheticHE
-    >>> rgb, _ = SyntheticHE(shape=(400, 400), mpp=0.5, seed=1, tissue="full").render(0, 0, 400, 400)
-    >>> f = screen_features(rgb, 0.5)
-    >>> len(f) > 20, list(f.columns)
-    (True, ['x', 'y', 'dark', 'eosin'])
-    """
-    return pd.DataFrame(_features(rgb, mpp, nucleus_od, od))
-
-
-def _features(rgb, mpp, nucleus_od, od=None) -> dict:
-    """:func:`screen_features` as a dict of arrays."""
-    from ..core.nuclei import _DECONV
-
-    if min(np.shape(rgb)[:2]) == 0:
-        return {"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)}
-    od = _od(rgb) if od is None else od
-    h = np.maximum(od @ _DECONV[:, 0], 0.0)
-    hs = _gaussian(h, 1.0 / mpp)
-    size = 2 * int(round(3.0 / mpp)) + 1
-    peaks = cv2.bitwise_and(cv2.compare(hs, _max_filter(hs, size), cv2.CMP_EQ), (hs > nucleus_od).view(np.uint8))
-    at = cv2.findNonZero(peaks)  # x, y in row-major order, like np.nonzero ((n, 1, 2) in OpenCV 4, (n, 2) in 5)
-    if at is None:
-        return {"x": np.zeros(0), "y": np.zeros(0), "dark": np.zeros(0), "eosin": np.zeros(0)}
-    at = at.reshape(-1, 2)
-    xs, ys = at[:, 0], at[:, 1]
-    dark = hs[ys, xs].astype(float)
-    eos = _gaussian_at(_eosin_od(od), 3.0 / mpp, ys, xs)
-    # relative to the tile's nuclei (stains differ between labs): darkness and eosin over their
-    # 90th percentile; with few blobs, at least typical values so that a few pale nuclei stay pale
-    few = len(dark) < 30
-    qd = max(np.percentile(dark, 90), 1.0) if few else np.percentile(dark, 90)
-    qe = max(np.percentile(eos, 90), 0.4) if few else np.percentile(eos, 90)
-    return {"x": xs.astype(float), "y": ys.astype(float), "dark": dark / max(qd, 1e-3), "eosin": eos / max(qe, 1e-3)}
-
-
-def screen(features: pd.DataFrame, dark: float, gran_dark: float, eosin: float) -> np.ndarray:
-    """Which blobs go to the network: dark enough (mitosis), or fairly dark in eosinophilic surroundings (granulocyte)."""
-    d, e = np.asarray(features["dark"]), np.asarray(features["eosin"])
-    return (d >= dark) | ((d >= gran_dark) & (e >= eosin))
-
-
-def nms(xy: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
-    """Greedy non-maximum suppression by distance: indices kept, best score first.
-
-    >>> nms(np.array([[0, 0], [3, 0], [10, 0]]), np.array([0.5, 0.9, 0.7]), radius=5)
-    array([1, 2])
-    """
-    xy = np.asarray(xy, float).reshape(-1, 2)
-    n = len(xy)
-    if n == 0:
-        return np.zeros(0, int)
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")  # all pairs closer than radius, once
-    if len(pairs) == 0:
-        return np.arange(n)
-    # neighbour lists (CSR); a point without neighbours is kept, the greedy walk visits the others only
-    src, dst = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-    by = np.argsort(src, kind="stable")
-    nbr, start = dst[by], np.searchsorted(src[by], np.arange(n + 1))
-    order = np.lexsort((xy[:, 1], xy[:, 0], -np.asarray(scores, float)))  # ties: deterministic
-    removed = np.zeros(n, bool)
-    for i in order[start[order + 1] > start[order]].tolist():
-        if not removed[i]:
-            removed[nbr[start[i] : start[i + 1]]] = True
-    return np.flatnonzero(~removed)
 
 
 # ------------------------------------------------------------------------ one tile
@@ -468,53 +276,6 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
     return probs, out, list(spec.classes)
 
 
-def decide(probs: np.ndarray, classes: list, params: DetectParams, first: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Class (or '' for none) and score per cell from per-class probability thresholds.
-
-    With ``first`` (n, 2: the first pass's mitotic figure and granulocyte probabilities) a
-    class's score is the geometric mean of the two networks' probabilities, ``sqrt(p_first *
-    p_gstn)`` (cell-gstn's alone where ``first`` is NaN); else cell-gstn's probability. A cell takes the class whose score is furthest
-    above its threshold.
-
-    >>> p = make_params(device="cpu", screen_model=None, thresholds={"detect_mitotic_figure": 0.5})
-    >>> decide(np.array([[0.9, 0.0, 0.1], [0.3, 0.0, 0.7]]), ["mitotic_figure", "granulocyte", "other"], p)[0].tolist()
-    ['mitotic_figure', '']
-    >>> cls, score = decide(np.array([[0.9, 0.0, 0.1], [0.9, 0.0, 0.1]]), ["mitotic_figure", "granulocyte", "other"],
-    ...                     p, first=np.array([[0.4, 0.0], [0.16, 0.0]]))
-    >>> cls.tolist(), score.round(3).tolist()  # sqrt(0.9 * 0.4) = 0.6; sqrt(0.9 * 0.16) = 0.38 < 0.5
-    (['mitotic_figure', ''], [0.6, 0.0])
-    """
-    n = len(probs)
-    cls = np.full(n, "", dtype=object)
-    score = np.zeros(n)
-    best = np.zeros(n)
-    for k, c in enumerate(DETECT_CLASSES):
-        if c not in classes:
-            continue
-        p = probs[:, classes.index(c)].astype(float)
-        if first is not None:
-            q = np.asarray(first, float)[:, k]
-            q = np.where(np.isnan(q), p, q)  # no first pass (heatmap candidates): cell-gstn alone
-            p = np.sqrt(np.clip(p, 0, 1) * np.clip(q, 0, 1))
-        t = params.thr(f"detect_{c}")
-        ok = (p >= t) & (p / max(t, 1e-6) > best)
-        cls[ok], score[ok], best[ok] = c, p[ok], (p / max(t, 1e-6))[ok]
-    return cls, score
-
-
-def needs_classifier(first: np.ndarray, params: DetectParams) -> np.ndarray:
-    """Which candidates cell-gstn must see: those whose first-pass probability ``q`` of a class
-    could still reach that class's threshold ``t``. The score is ``sqrt(q * p)`` with ``p <= 1``,
-    so ``q < t**2`` for every class means no detection whatever cell-gstn says: skipping those
-    changes no result."""
-    first = np.asarray(first, float)
-    need = np.zeros(len(first), bool)
-    for k, c in enumerate(DETECT_CLASSES):
-        need |= first[:, k] >= params.thr(f"detect_{c}") ** 2
-    return need
-
-
 def screen_level(slide, slide_mpp: float, screen_mpp: float = SCREEN_MPP) -> int | None:
     """The stored level to screen at as it is (pixel size within SCREEN_MPP_TOL of
     ``screen_mpp``, integer downsample), or None: then the tile is resampled to ``screen_mpp``."""
@@ -549,13 +310,13 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
         W, H = int(math.ceil(w / ds)), int(math.ceil(h / ds))
         ox, oy = x - halo * ds, y - halo * ds
         rgb = read_working(slide, ox, oy, ds, W + 2 * halo, H + 2 * halo)
-    od = _od(rgb)  # once: the background test and the screening share it
-    if _is_background_od(od):
+    od = optical_density(rgb)  # once: the background test and the screening share it
+    if is_background_od(od):
         return pd.DataFrame(columns=["x", "y", "dark", "eosin"], dtype=float), 0, True
     if params.normalizer is not None:
         rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
         od = None
-    f = _features(rgb, m, params.thr("detect_nucleus_od"), od=od)
+    f = blob_features(rgb, m, params.thr("detect_nucleus_od"), od=od)
     sx, sy = f["x"], f["y"]  # pixels of the screening image
     f["x"], f["y"] = ox + (sx + 0.5) * ds - 0.5, oy + (sy + 0.5) * ds - 0.5  # level-0 px
     own = (f["x"] >= x - 0.5) & (f["x"] < x + w - 0.5) & (f["y"] >= y - 0.5) & (f["y"] < y + h - 0.5)
@@ -633,7 +394,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
     else:
         xy = cand[["x", "y"]].to_numpy(float)
         probs, loc, classes = classify_points(slide, xy, slide_mpp, params)
-        cls, score = decide(probs, classes, params, first)
+        cls, score = decide_detections(probs, classes, params, first)
         cols = {"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"}
         cols.update({f"p_{c}": probs[:, i].astype(float) for i, c in enumerate(classes)})
         cols.update(cand_x=xy[:, 0], cand_y=xy[:, 1], dark=cand["dark"].to_numpy(), eosin=cand["eosin"].to_numpy())

@@ -1,7 +1,7 @@
 """What a review exports: counts, detections (CSV, QuPath GeoJSON) and a retraining dataset.
 
 The retraining dataset is the format ``napari-mitosis train classifier``
-reads (:func:`napari_mitosis.models.cell_data.read_export`): ``cells.csv``
+reads (:func:`napari_mitosis.training.cell_data.read_export`): ``cells.csv``
 plus one crop per reviewed cell, centred on it, at the slide's own pixel size:
 
 - confirmed, corrected and hand-added cells with their class;
@@ -70,7 +70,7 @@ def _crop(slide, x: float, y: float, side: int) -> tuple[np.ndarray, float, floa
 def training_export_task(slide, cells: pd.DataFrame, rejected: pd.DataFrame, folder, mpp: float | None = None,
                          crop_um: float = CROP_UM) -> Task:
     """Write a retraining dataset of the reviewed cells; returns the path of ``cells.csv``."""
-    from ..models.cell_data import write_export
+    from ..io.cell_export import write_export
 
     mpp = mpp or slide.mpp
     if not mpp:

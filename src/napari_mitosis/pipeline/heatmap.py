@@ -204,7 +204,7 @@ def heatmap_task(
         u //= 2
     norm = stats = None
     if normalize and getattr(net, "stain", None):
-        from ..core.stain_norm import normalizer_from_dict
+        from ..models.stain_net import normalizer_from_dict
 
         yield Progress(0, 1, "estimating the region's stain")
         norm = normalizer_from_dict(net.stain)

@@ -229,7 +229,7 @@ def _model(name: str, device: str):
 
 def model_normalizer(spec):
     """The stain normaliser stored with a typing model (None when trained without)."""
-    from ..core.stain_norm import normalizer_from_dict
+    from ..models.stain_net import normalizer_from_dict
 
     data = spec.training.get("normalizer")
     return normalizer_from_dict(data) if data else None

@@ -23,8 +23,8 @@ Training (:func:`train_screen`)
     ``grid_sample`` per batch), HED stain jitter, brightness / contrast, mild
     blur; Adam with cosine decay, cross-entropy with label smoothing.
 
-    python -m napari_mitosis.models.train_screen build     # the candidate data set (~5 min)
-    python -m napari_mitosis.models.train_screen train --minutes 5 --ship
+    python -m napari_mitosis.training.train_screen build     # the candidate data set (~5 min)
+    python -m napari_mitosis.training.train_screen train --minutes 5 --ship
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .screen_net import CLASSES, PATCH, SCREEN_MPP, build_screen_net, patches_at
+from ..models.screen_net import CLASSES, PATCH, SCREEN_MPP, build_screen_net, patches_at
 
 #: loose screening of benchmarks/eval_detection.py (every candidate a cascade may see)
 LOOSE = {"detect_screen_dark": 1.0, "detect_screen_gran_dark": 0.7, "detect_screen_eosin": 0.8}
@@ -80,7 +80,8 @@ def to_screen(x, ds, halo):
 def candidates(img: np.ndarray, mpp: float, thresholds: dict = LOOSE) -> tuple[pd.DataFrame, np.ndarray]:
     """Screened candidates of a whole image as ``detect_tile`` finds them (image px ``x, y``;
     screening px ``sx, sy``; ``dark``, ``eosin``) and the screening image."""
-    from ..pipeline.detect import DEFAULT_THRESHOLDS, nms, screen, screen_features
+    from ..core.decision import DEFAULT_THRESHOLDS
+    from ..core.screening import nms, screen, screen_features
 
     rgb, ds, halo = screening_image(img, mpp)
     m = ds * mpp
@@ -399,7 +400,7 @@ def main(argv=None):
 
 
 def ship_model(net, hist, table, args, seconds):
-    from .registry import WEIGHTS_DIR, ModelSpec, save_model
+    from ..models.registry import WEIGHTS_DIR, ModelSpec, save_model
 
     results_file = ROOT / "benchmarks" / "screen_results.json"
     res = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -418,7 +419,7 @@ def ship_model(net, hist, table, args, seconds):
                   "split": "shipped: trained on all candidates; keep threshold from leave-one-MITOS-frame-group-out "
                            "and EoE held-out test blocks (benchmarks/eval_screen.py)",
                   "steps": hist[-1]["step"], "minutes": round(seconds / 60, 2), "history": hist,
-                  "command": f"python -m napari_mitosis.models.train_screen train --minutes {args.minutes} "
+                  "command": f"python -m napari_mitosis.training.train_screen train --minutes {args.minutes} "
                              f"--seed {args.seed} --ship"})
     folder = Path(args.out) if args.out else WEIGHTS_DIR
     card = model_card(spec, res)
@@ -440,7 +441,7 @@ def update_card(out=None):
     (weights unchanged)."""
     from dataclasses import replace
 
-    from .registry import WEIGHTS_DIR, load_model, save_model
+    from ..models.registry import WEIGHTS_DIR, load_model, save_model
 
     folder = Path(out) if out else WEIGHTS_DIR
     net, spec = load_model("cell-screen", "cpu", folder=folder)

@@ -21,7 +21,7 @@ Data it reads
     image / block of tiles;
 
 - a retraining export of the review widget (``FOLDER/cells.csv``, see
-  :func:`napari_mitosis.models.cell_data.read_export`): a window around a cell of
+  :func:`napari_mitosis.training.cell_data.read_export`): a window around a cell of
   class ``mitotic_figure`` is positive, around any other class negative;
 - a folder of patches with a yes/no label: ``FOLDER/patches.csv`` with
   columns ``image`` (relative path), ``label`` (``yes``/``no``, ``1``/``0``,
@@ -48,7 +48,7 @@ import pandas as pd
 from ..errors import NapariMitosisError
 from ..pipeline.progress import Progress
 from .cell_data import json_default
-from .mil import (
+from ..models.mil import (
     MIL_MPP,
     PATCH,
     build_mil,
@@ -124,7 +124,7 @@ class Stain:
     """Macenko normalisation to a fixed target, with one source estimate per call (falls back to identity)."""
 
     def __init__(self, target: dict | None):
-        from ..core.stain_norm import normalizer_from_dict
+        from ..models.stain_net import normalizer_from_dict
 
         self.target = target
         self.norm = normalizer_from_dict(target) if target else None
@@ -593,7 +593,7 @@ def default_stain(data) -> Stain | None:
     ref = _reference(data)
     if ref is not None:
         return Stain.from_reference(ref)
-    from .registry import ModelError, read_spec
+    from ..models.registry import ModelError, read_spec
 
     try:
         t = read_spec(MODEL_NAME).config.get("stain")
@@ -649,7 +649,7 @@ def image_metrics(y, p, t) -> dict:
 
 def frame_maps(net, items: list[Item]) -> list[np.ndarray]:
     """Full-resolution (working px) probability maps of whole frames."""
-    from .mil import predict_map
+    from ..models.mil import predict_map
 
     return [upsample_map(predict_map(net, it.image), it.image.shape[:2], net.stride) for it in items]
 
@@ -795,7 +795,7 @@ def reevaluate(run_dir, items: list[Item] | None = None, log=print) -> dict:
     Used after a fix in the evaluation (``OUT/results.json`` keeps its steps,
     training time and configuration; ``reevaluated`` is set).
     """
-    from .registry import load_model
+    from ..models.registry import load_model
 
     out = Path(run_dir)
     old = json.loads((out / "results.json").read_text())
@@ -890,7 +890,7 @@ def _rates(m: dict) -> str:
 
 
 def save(net, cfg: TrainConfig, res: dict, folder: Path) -> Path:
-    from .registry import ModelSpec, save_model
+    from ..models.registry import ModelSpec, save_model
 
     metrics = {}
     for k in ("val_image", "test_image"):

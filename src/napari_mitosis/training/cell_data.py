@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ..errors import NapariMitosisError
 from ..core.nuclei import hematoxylin_od
 from ..core.stain import as_rgb as _as_rgb
 from ..core.stain import hed_jitter
-from .gstn import INPUT_SIZE, WORK_MPP
+from ..io.cell_export import EXPORT_TABLE, CellDataError, write_export  # noqa: F401 (write_export: re-exported)
+from ..models.gstn import INPUT_SIZE, WORK_MPP
 
 CLASSES = ("mitotic_figure", "granulocyte", "other")
 COLUMNS = ["image", "x", "y", "class", "status", "mpp", "source", "group", "box"]
@@ -55,12 +55,7 @@ MITOS14_SCALE_FIX = 1.5
 #: Slide number ranges of the MIDOG 2021 scanners (MIDOG 2021 training set layout).
 MIDOG21_SCANNERS = ((1, 50, "hamamatsu_xr"), (51, 100, "hamamatsu_s360"), (101, 150, "aperio_cs2"))
 
-EXPORT_TABLE = "cells.csv"
 EXPORT_REQUIRED = ("image", "class", "mpp")
-
-
-class CellDataError(NapariMitosisError, ValueError):
-    """A cell data set is missing, empty or malformed; the message says which file and what to do."""
 
 
 # ------------------------------------------------------------------- images
@@ -353,25 +348,6 @@ def read_export(folder, default_mpp: float | None = None) -> pd.DataFrame:
     return normalise_table(df)
 
 
-def write_export(folder, cells: pd.DataFrame, images: dict | None = None) -> Path:
-    """Write a retraining export (``cells.csv`` + images) that :func:`read_export` reads.
-
-    ``cells`` has the export columns; ``images`` maps a relative image name to
-    an RGB array to save beside it (e.g. crops cut by the review widget).
-    """
-    from skimage.io import imsave
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, arr in (images or {}).items():
-        out = folder / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        imsave(out, as_rgb(arr, name), check_contrast=False)
-    cols = [c for c in ["image", "x", "y", "class", "status", "mpp", "source", "group"] if c in cells.columns]
-    cells[cols].to_csv(folder / EXPORT_TABLE, index=False)
-    return folder / EXPORT_TABLE
-
-
 def read_cells(data, default_mpp: float | None = None, **kw) -> pd.DataFrame:
     """A cell table from a folder: an export (has ``cells.csv``) or the shared data folder."""
     data = Path(data)
@@ -551,7 +527,7 @@ class CellSampler:
         """Inputs for table rows: (x float tensor N x 3 x 128 x 128 in 0..1, labels, theta, delta)."""
         import torch
 
-        from .gstn import gt_theta
+        from ..models.gstn import gt_theta
 
         rng = rng or self.rng
         aug = self.augment if augment else Augment.off()

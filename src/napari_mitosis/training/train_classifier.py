@@ -11,7 +11,7 @@ Section 4.3 of Aubreville et al. (2017), as three stages on one network:
 
 The baseline (section 4.4) trains on the same offset crops with cross-entropy.
 Cross-validation folds hold whole slides / frame groups
-(:func:`~napari_mitosis.models.cell_data.group_folds`); leave-one-source-out
+(:func:`~napari_mitosis.training.cell_data.group_folds`); leave-one-source-out
 runs train without one source and test on it. Everything is driven by
 :func:`train_task`, a generator that yields :class:`~napari_mitosis.pipeline.Progress`
 and returns a results dict; the weights, spec and model card are written with
@@ -45,7 +45,7 @@ from .cell_data import (
     json_default,
     read_cells,
 )
-from .gstn import GSTN, WORK_MPP, CiresanCNN, loc_loss, normalise, theta_to_xy
+from ..models.gstn import GSTN, WORK_MPP, CiresanCNN, loc_loss, normalise, theta_to_xy
 
 GSTN_NAME = "cell-gstn"
 #: Steps of stages 1, 2, 3 relative to each other under a time budget.
@@ -249,25 +249,6 @@ def metrics(y, pred, classes) -> dict:
     avg["support"] = int(sup.sum())
     per["avg / total"] = avg
     return {"per_class": per, "accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "confusion": cm.tolist(), "n": int(cm.sum())}
-
-
-def decide(probs, classes, thresholds: dict | None = None) -> np.ndarray:
-    """Class index per row under the spec's operating point.
-
-    A class with a threshold is chosen exactly when its probability reaches
-    the threshold; other rows get the most probable of the remaining classes.
-    Without thresholds this is the argmax.
-    """
-    probs = np.asarray(probs, float)
-    pred = probs.argmax(1) if len(probs) else np.zeros(0, int)
-    for name, t in (thresholds or {}).items():
-        if name not in classes:
-            continue
-        k = classes.index(name)
-        rest = probs.copy()
-        rest[:, k] = -np.inf
-        pred = np.where(probs[:, k] >= t, k, np.where(pred == k, rest.argmax(1), pred))
-    return pred
 
 
 def pick_threshold(probs, y, k: int) -> float:
@@ -540,7 +521,7 @@ scanner or tissue. Not a medical device.
 
 
 def _save(out, cfg, shipped, results, counts, test_groups=()):
-    from .registry import ModelSpec, save_model
+    from ..models.registry import ModelSpec, save_model
 
     command = results["config"].get("command", "napari-mitosis train classifier")
     training = {"data": cfg.data, "split": f"{cfg.folds}-fold by slide/frame group, fold 0 held out",

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_mitosis.models.cell_data import (
+from napari_mitosis.training.cell_data import (
     Augment,
     CellDataError,
     CellSampler,

@@ -270,7 +270,7 @@ def shared_cells(
             lab_file = folder / "labels" / (img.stem + ".png")
             expert = None
             if name == "monuseg_train" and lab_file.exists():
-                from ..models.cell_data import _label_centroids
+                from ..training.cell_data import _label_centroids
 
                 expert = _label_centroids(lab_file)
             res = extract_image(_read(img), mpp, norm, points=expert)
@@ -438,7 +438,7 @@ def train_gan(pool: np.ndarray, cfg: TrainConfig, log=print, eval_fn=None):
     import torch
     import torch.nn.functional as F
 
-    from .infogan import InfoGAN, gradient_penalty
+    from ..models.infogan import InfoGAN, gradient_penalty
 
     check_k(cfg.k, len(pool))
     torch.set_num_threads(cfg.threads)
@@ -587,7 +587,7 @@ def unet_features(patches: np.ndarray, model: str = "nuclei-unet", batch: int = 
     import torch
     import torch.nn.functional as F
 
-    from .registry import load_model
+    from ..models.registry import load_model
 
     net, _ = load_model(model, device="cpu")
     o = (patches.shape[1] - 48) // 2
@@ -703,7 +703,7 @@ def evaluate_all(net, cells: dict, k: int, baselines: bool = True, seed: int = 0
 def save_typing_model(net, cfg: TrainConfig, norm, metrics: dict, counts: dict, folder, names=None, extra_card: str = "",
                       history=None):
     """Write NAME.pt/.json/.md with :func:`~napari_mitosis.models.registry.save_model`."""
-    from .registry import ModelSpec, save_model
+    from ..models.registry import ModelSpec, save_model
 
     names = names or [f"type {i + 1}" for i in range(cfg.k)]
     spec = ModelSpec(
