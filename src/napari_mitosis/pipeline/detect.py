@@ -292,7 +292,7 @@ def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, par
 
     Returns (DataFrame x, y, dark, eosin in level-0 px, n_blobs, skipped_as_background).
     """
-    from .nuclei import read_working
+    from ..io.working import read_working
 
     native = screen_level(slide, slide_mpp, params.screen_mpp)
     if native is not None:  # read the stored level as it is, on its own pixel grid

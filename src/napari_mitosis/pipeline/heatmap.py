@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ..errors import NapariMitosisError
+from ..core.tiling import halo_tiles
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
@@ -76,7 +77,7 @@ def _check(slide, roi, mpp):
 
 def _stain_stats(norm, slide, x, y, w, h, ds, tissue=None):
     """The region's Macenko source statistics from an overview (None when it has too little tissue)."""
-    from .nuclei import read_working
+    from ..io.working import read_working
 
     W, H = w / ds, h / ds
     f = max(1.0, max(W, H) / OVERVIEW)
@@ -187,7 +188,8 @@ def heatmap_task(
     import torch
 
     from ..models.mil import min_input, to_tensor
-    from .nuclei import is_background, read_working
+    from ..core.screening import is_background
+    from ..io.working import read_working
 
     stride = net.stride
     work_mpp = float(spec.mpp)
@@ -216,29 +218,23 @@ def heatmap_task(
     total = ny * nx + 1
     dev = next(net.parameters()).device
     done = 0
-    for ty in range(ny):
-        for tx in range(nx):
-            yield Progress(done, total, f"heatmap: tile {done + 1} of {ny * nx}")
-            done += 1
-            cy0, cx0 = ty * tile, tx * tile
-            cy1, cx1 = min(cy0 + tile, H), min(cx0 + tile, W)
-            iy0, ix0 = cy0 - halo, cx0 - halo
-            ih = int(math.ceil((cy1 - cy0) / stride)) * stride + 2 * halo
-            iw = int(math.ceil((cx1 - cx0) / stride)) * stride + 2 * halo
-            if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
-                continue
-            rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
-            if is_background(rgb):
-                continue
-            if norm is not None:
-                rgb = _normalise_tile(norm, rgb, stats)
-            with torch.no_grad():
-                _, m = net(to_tensor(rgb).to(dev))
-            m = m[0, 0].float().cpu().numpy()
-            hy, hx = halo // stride, halo // stride
-            my0, mx0 = cy0 // stride, cx0 // stride
-            my1, mx1 = int(math.ceil(cy1 / stride)), int(math.ceil(cx1 / stride))
-            pmap[my0:my1, mx0:mx1] = m[hy : hy + my1 - my0, hx : hx + mx1 - mx0]
+    for cy0, cx0, cy1, cx1, iy0, ix0, ih, iw in halo_tiles(H, W, tile, halo, stride):
+        yield Progress(done, total, f"heatmap: tile {done + 1} of {ny * nx}")
+        done += 1
+        if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
+            continue
+        rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
+        if is_background(rgb):
+            continue
+        if norm is not None:
+            rgb = _normalise_tile(norm, rgb, stats)
+        with torch.no_grad():
+            _, m = net(to_tensor(rgb).to(dev))
+        m = m[0, 0].float().cpu().numpy()
+        hy, hx = halo // stride, halo // stride
+        my0, mx0 = cy0 // stride, cx0 // stride
+        my1, mx1 = int(math.ceil(cy1 / stride)), int(math.ceil(cx1 / stride))
+        pmap[my0:my1, mx0:mx1] = m[hy : hy + my1 - my0, hx : hx + mx1 - mx0]
     step = stride / u  # working px per heatmap px
     heat = _resample_map(pmap, (Hm * u, Wm * u), step, stride)  # also for u = 1: pixel centres move by half a map pixel
     attrs = {

@@ -34,7 +34,6 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from ..errors import NapariMitosisError
 from ..core.nuclei import (
@@ -46,7 +45,9 @@ from ..core.nuclei import (
     nuclei_table,
     probabilities_to_instances,
 )
-from ..core.stain import rgb_to_od
+from ..core.screening import is_background
+from ..core.tiling import halo_tiles
+from ..io.working import read_working
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
@@ -54,12 +55,8 @@ from .progress import Progress, Task, run
 MODEL = "nuclei-unet"
 #: Level-0 pixel sizes (um/px) the segmentation accepts; outside, nuclei are too
 #: small (coarser) to segment or the value is certainly not a slide's.
-#: A tile is background when fewer than this fraction of its pixels absorb light.
-EMPTY_FRACTION = 0.01
 #: Largest in-memory label image (pixels at the working size): 4 GB of int32.
 MAX_LABEL_PIXELS = 1_000_000_000
-#: Summed RGB optical density above which a pixel counts as stained.
-STAINED_OD = 0.2
 
 
 class NucleiError(NapariMitosisError, ValueError):
@@ -89,43 +86,6 @@ def _check_mpp(slide, mpp) -> float:
 
 def _check_roi(slide, roi):
     return check_roi(slide, roi, NucleiError)
-
-
-def read_working(slide, x0: float, y0: float, ds: float, width: int, height: int) -> np.ndarray:
-    """Read ``height x width`` pixels at ``ds`` level-0 pixels per pixel from level-0 ``(x0, y0)``.
-
-    Working pixel ``(i, j)`` covers level-0 ``[x0 + j*ds, x0 + (j+1)*ds)``. The
-    finest level not finer than needed is read and resampled (Gaussian
-    anti-aliasing, then bilinear), so a tile and the whole region agree
-    wherever both see the same pixels. Outside the slide is white.
-    """
-    level = slide.best_level_for_downsample(max(ds, 1.0))
-    L = slide.level_downsamples[level]
-    f = ds / L  # level pixels per working pixel
-    lx, ly = x0 / L, y0 / L  # continuous level coordinates of the box corner
-    pad = 2 + int(math.ceil(2 * max(f - 1, 0)))
-    ix0, iy0 = int(math.floor(lx)) - pad, int(math.floor(ly)) - pad
-    iw = int(math.ceil(lx + width * f)) + pad - ix0
-    ih = int(math.ceil(ly + height * f)) + pad - iy0
-    if abs(f - 1) < 1e-9 and float(lx).is_integer() and float(ly).is_integer():
-        return slide.read_region(level, int(round(lx * L)), int(round(ly * L)), width, height)
-    # read_region takes level-0 positions; keep them on the level's integer grid
-    region = slide.read_region(level, int(round(ix0 * L)), int(round(iy0 * L)), iw, ih).astype(np.float32)
-    sigma = max(0.0, (f - 1) / 2)
-    mat = np.array([f, f])
-    off = np.array([ly - iy0 + 0.5 * f - 0.5, lx - ix0 + 0.5 * f - 0.5])
-    out = np.empty((height, width, 3), np.uint8)
-    for c in range(3):
-        ch = ndi.gaussian_filter(region[..., c], sigma) if sigma > 0.05 else region[..., c]
-        res = ndi.affine_transform(ch, mat, off, (height, width), order=1, mode="nearest")
-        out[..., c] = np.clip(np.rint(res), 0, 255)
-    return out
-
-
-def is_background(rgb: np.ndarray) -> bool:
-    """True when fewer than 1% of the pixels absorb light (glass, white padding)."""
-    od = rgb_to_od(rgb[::2, ::2]).sum(axis=2)
-    return np.count_nonzero(od > STAINED_OD) < EMPTY_FRACTION * od.size
 
 
 def segment_task(
@@ -223,62 +183,57 @@ def segment_task(
         threshold = log_threshold(overview) if not is_background(overview) else 1e9
 
     tables, next_id, done = [], 1, 0
-    for ty in range(ny):
-        for tx in range(nx):
-            yield Progress(done, total, f"nuclei: tile {done + 1} of {ny * nx}")
-            done += 1
-            cy0, cx0 = ty * tile, tx * tile
-            cy1, cx1 = min(cy0 + tile, H), min(cx0 + tile, W)
-            iy0, ix0 = cy0 - halo, cx0 - halo
-            ih, iw = cy1 - cy0 + 2 * halo, cx1 - cx0 + 2 * halo
-            if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
-                continue
-            rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
-            if is_background(rgb):
-                continue
-            if method == "unet":
-                from ..models.unet import predict_probabilities
+    for cy0, cx0, cy1, cx1, iy0, ix0, ih, iw in halo_tiles(H, W, tile, halo):
+        yield Progress(done, total, f"nuclei: tile {done + 1} of {ny * nx}")
+        done += 1
+        if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
+            continue
+        rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
+        if is_background(rgb):
+            continue
+        if method == "unet":
+            from ..models.unet import predict_probabilities
 
-                probs = predict_probabilities(net, rgb)
-                inst = probabilities_to_instances(probs, mpp=work_mpp, **params)
-            else:
-                inst = log_nuclei(rgb, mpp=work_mpp, threshold=threshold)
-            if inst.max() == 0:
-                continue
-            t = nuclei_table(inst, rgb, mpp=work_mpp)  # tile pixel coordinates
-            # centroid (tile px) -> owned when inside this tile's core (and the region)
-            cx = t["x"].to_numpy() + ix0
-            cy = t["y"].to_numpy() + iy0
-            own = (cy >= cy0 - 0.5) & (cy < cy1 - 0.5) & (cx >= cx0 - 0.5) & (cx < cx1 - 0.5)
-            if not own.any():
-                continue
-            # paste owned nuclei into the region (clipped), first come first served
-            py0, px0 = max(iy0, 0), max(ix0, 0)
-            py1, px1 = min(iy0 + ih, H), min(ix0 + iw, W)
-            sub = inst[py0 - iy0 : py1 - iy0, px0 - ix0 : px1 - ix0]
-            dest = np.asarray(labels[py0:py1, px0:px1])
-            owned_ids = t["id"].to_numpy()[own]
-            lut = np.zeros(int(inst.max()) + 1, np.int32)
-            lut[owned_ids] = owned_ids
-            cand = lut[sub]
-            free = (cand > 0) & (dest == 0)
-            area = np.bincount(inst.ravel(), minlength=lut.size)
-            written = np.bincount(cand[free], minlength=lut.size)
-            keep_ids = owned_ids[written[owned_ids] >= 0.5 * area[owned_ids]]
-            if keep_ids.size == 0:
-                continue
-            new = np.zeros(lut.size, np.int32)
-            new[keep_ids] = np.arange(next_id, next_id + keep_ids.size, dtype=np.int32)
-            paste = new[cand] * free
-            dest = np.where(paste > 0, paste, dest)
-            labels[py0:py1, px0:px1] = dest
-            rows = t.set_index("id").loc[keep_ids].reset_index()
-            rows["id"] = new[keep_ids].astype(np.int64)
-            rows["x"] = x + (rows["x"] + ix0 + 0.5) * ds - 0.5
-            rows["y"] = y + (rows["y"] + iy0 + 0.5) * ds - 0.5
-            rows["x_um"], rows["y_um"] = rows["x"] * level0_mpp, rows["y"] * level0_mpp
-            tables.append(rows[TABLE_COLUMNS])
-            next_id += keep_ids.size
+            probs = predict_probabilities(net, rgb)
+            inst = probabilities_to_instances(probs, mpp=work_mpp, **params)
+        else:
+            inst = log_nuclei(rgb, mpp=work_mpp, threshold=threshold)
+        if inst.max() == 0:
+            continue
+        t = nuclei_table(inst, rgb, mpp=work_mpp)  # tile pixel coordinates
+        # centroid (tile px) -> owned when inside this tile's core (and the region)
+        cx = t["x"].to_numpy() + ix0
+        cy = t["y"].to_numpy() + iy0
+        own = (cy >= cy0 - 0.5) & (cy < cy1 - 0.5) & (cx >= cx0 - 0.5) & (cx < cx1 - 0.5)
+        if not own.any():
+            continue
+        # paste owned nuclei into the region (clipped), first come first served
+        py0, px0 = max(iy0, 0), max(ix0, 0)
+        py1, px1 = min(iy0 + ih, H), min(ix0 + iw, W)
+        sub = inst[py0 - iy0 : py1 - iy0, px0 - ix0 : px1 - ix0]
+        dest = np.asarray(labels[py0:py1, px0:px1])
+        owned_ids = t["id"].to_numpy()[own]
+        lut = np.zeros(int(inst.max()) + 1, np.int32)
+        lut[owned_ids] = owned_ids
+        cand = lut[sub]
+        free = (cand > 0) & (dest == 0)
+        area = np.bincount(inst.ravel(), minlength=lut.size)
+        written = np.bincount(cand[free], minlength=lut.size)
+        keep_ids = owned_ids[written[owned_ids] >= 0.5 * area[owned_ids]]
+        if keep_ids.size == 0:
+            continue
+        new = np.zeros(lut.size, np.int32)
+        new[keep_ids] = np.arange(next_id, next_id + keep_ids.size, dtype=np.int32)
+        paste = new[cand] * free
+        dest = np.where(paste > 0, paste, dest)
+        labels[py0:py1, px0:px1] = dest
+        rows = t.set_index("id").loc[keep_ids].reset_index()
+        rows["id"] = new[keep_ids].astype(np.int64)
+        rows["x"] = x + (rows["x"] + ix0 + 0.5) * ds - 0.5
+        rows["y"] = y + (rows["y"] + iy0 + 0.5) * ds - 0.5
+        rows["x_um"], rows["y_um"] = rows["x"] * level0_mpp, rows["y"] * level0_mpp
+        tables.append(rows[TABLE_COLUMNS])
+        next_id += keep_ids.size
     table = (
         pd.concat(tables, ignore_index=True)
         if tables

@@ -148,7 +148,7 @@ def nucleus_patches(
     normalisation) and ``source_stats`` the slide's statistics for it
     (default: from the slide's overview).
     """
-    from .nuclei import read_working
+    from ..io.working import read_working
 
     m0 = _check_mpp(slide)
     ds = WORK_MPP / m0

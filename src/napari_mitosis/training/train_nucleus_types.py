@@ -308,7 +308,7 @@ def slide_nuclei(paths, norm=None, mpp=None, tiles_per_slide: int = 8, tile_um: 
                  seed: int = 0, log=print) -> np.ndarray:
     """Unlabelled nuclei from any slides or images: random tissue tiles, segmented and cut out."""
     from ..io import open_slide
-    from ..pipeline.nuclei import is_background
+    from ..core.screening import is_background
 
     rng = np.random.default_rng(seed)
     out = []

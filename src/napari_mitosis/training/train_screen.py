@@ -62,7 +62,7 @@ def screening_image(img: np.ndarray, mpp: float) -> tuple[np.ndarray, float, int
     import dask.array as da
 
     from ..io.slide import Slide
-    from ..pipeline.nuclei import read_working
+    from ..io.working import read_working
 
     slide = Slide(path=Path("image"), levels=[da.from_array(img, chunks=(1024, 1024, 3))], mpp=mpp, format="image")
     m = max(SCREEN_MPP, mpp)
