@@ -5,8 +5,8 @@ Run: xvfb-run -a .venv/bin/python benchmarks/bench_cancel.py  (needs ../shared/d
 import time, os, tempfile, napari
 from pathlib import Path
 from qtpy.QtWidgets import QApplication
-from napari_mitosis.io.napari_reader import get_reader
-from napari_mitosis.widgets.review import ReviewWidget, REGION_TISSUE
+from napari_mitosis.plugin.reader import get_reader
+from napari_mitosis.plugin.widgets.review import ReviewWidget, REGION_TISSUE
 os.environ["NAPARI_MITOSIS_ANNOTATIONS"] = tempfile.mkdtemp()
 SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data/slides/TCGA-CR-7395-01A-01-TS1.svs"
 d = Path(tempfile.mkdtemp()); p = d / "t.svs"; os.symlink(SLIDE, p)

@@ -179,7 +179,7 @@ def worker(path: Path, repeats: int, profile: str | None, mode: str = "cold") ->
     import napari_mitosis
     import napari_mitosis.io._backends  # noqa: F401
     from napari_mitosis.io import open_slide
-    from napari_mitosis.io.napari_reader import layer_data
+    from napari_mitosis.plugin.reader import layer_data
 
     import_s = time.perf_counter() - t
     qt_loaded = any(m.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6") for m in sys.modules)

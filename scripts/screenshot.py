@@ -15,8 +15,8 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_mitosis.io.sample import synthetic_slide
-from napari_mitosis.widgets.review import REGION_RECTANGLE, REGION_TISSUE, ReviewWidget
+from napari_mitosis.plugin.sample import synthetic_slide
+from napari_mitosis.plugin.widgets.review import REGION_RECTANGLE, REGION_TISSUE, ReviewWidget
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "screenshot.png"
 
@@ -33,7 +33,7 @@ def open_slide_layer(viewer):
     """The real CMU-1 skin slide when ../shared/data is there (linked into a fresh folder so no earlier
     review is restored), else the synthetic sample."""
     if SHARED_SLIDE.exists():
-        from napari_mitosis.io.napari_reader import get_reader
+        from napari_mitosis.plugin.reader import get_reader
 
         link = Path(tempfile.mkdtemp()) / SHARED_SLIDE.name
         os.symlink(SHARED_SLIDE, link)

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_mitosis.io import SlideError, open_slide
-from napari_mitosis.io.napari_reader import get_reader
+from napari_mitosis.plugin.reader import get_reader
 
 
 def _tiled(path, img, **kw):

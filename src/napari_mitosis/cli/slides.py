@@ -95,8 +95,8 @@ def _open_gui(slide_path, mpp=None) -> int:
     import napari
 
     from ..io import open_slide
-    from ..io.napari_reader import layer_data
-    from ..widgets.review import ReviewWidget
+    from ..plugin.reader import layer_data
+    from ..plugin.widgets.review import ReviewWidget
 
     viewer = napari.Viewer(title="napari-mitosis")
     data, kwargs, _ = layer_data(open_slide(slide_path, mpp=mpp))

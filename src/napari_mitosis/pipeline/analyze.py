@@ -360,7 +360,7 @@ def write_overview(path, slide, tissue, det, hotspot, size: int = 1600) -> Path:
     import cv2
 
     from ..io.slide import SlideError
-    from .demo import draw_overview, draw_points
+    from ..core.overview import draw_overview, draw_points
 
     try:
         thumb = slide.thumbnail(size)

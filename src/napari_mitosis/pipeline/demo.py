@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.overview import draw_overview, draw_points
 from .progress import Progress, Task, as_step
 from .tissue import tissue_task
 
@@ -164,30 +165,3 @@ def tissue_field(slide, tissue, size: int) -> tuple[int, int, int, int]:
     x0 = int(np.clip(cx - fw / 2, 0, w - fw))
     y0 = int(np.clip(cy - fh / 2, 0, h - fh))
     return x0, y0, fw, fh
-
-
-def draw_overview(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Overview with the tissue boundary drawn in green."""
-    from skimage.segmentation import find_boundaries
-    from skimage.transform import resize
-
-    img = rgb.copy()
-    if mask.shape != img.shape[:2]:
-        mask = resize(mask, img.shape[:2], order=0) > 0
-    edge = find_boundaries(mask, mode="inner")
-    img[edge] = (0, 170, 0)
-    return img
-
-
-def draw_points(img: np.ndarray, cells, downsample: float, radius: int = 6) -> np.ndarray:
-    """Mark mitotic figures (red) and granulocytes (orange) on an overview."""
-    from skimage.draw import circle_perimeter
-
-    img = img.copy()
-    colours = {"mitotic_figure": (220, 0, 0), "granulocyte": (255, 140, 0)}
-    for cls, colour in colours.items():
-        sel = cells[cells["class"] == cls]
-        for x, y in zip(sel["x"] / downsample, sel["y"] / downsample, strict=True):
-            rr, cc = circle_perimeter(int(y), int(x), radius, shape=img.shape[:2])
-            img[rr, cc] = colour
-    return img

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from napari_mitosis.core.stain_metrics import delta_e
-from napari_mitosis.io.napari_reader import get_reader
-from napari_mitosis.widgets.regions import rectangle_region
-from napari_mitosis.widgets.stain import REF_RECTANGLE, StainWidget
+from napari_mitosis.plugin.reader import get_reader
+from napari_mitosis.plugin.widgets.regions import rectangle_region
+from napari_mitosis.plugin.widgets.stain import REF_RECTANGLE, StainWidget
 
 pytestmark = pytest.mark.gui
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_mitosis.io.napari_reader import get_reader
+from napari_mitosis.plugin.reader import get_reader
 from tests.conftest import shared_file
 
 
@@ -51,7 +51,7 @@ def test_computed_levels_do_not_fill_the_napari_cache(tmp_path):
     import tifffile
 
     from napari_mitosis.io import open_slide
-    from napari_mitosis.io.napari_reader import layer_data
+    from napari_mitosis.plugin.reader import layer_data
 
     path = tmp_path / "flat.tif"
     tifffile.imwrite(path, np.zeros((3000, 2500, 3), np.uint8), photometric="rgb", tile=(256, 256))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .slide import Slide, SlideError, open_slide
+from ..io.slide import Slide, SlideError, open_slide
 
 SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg", ".zarr")
 

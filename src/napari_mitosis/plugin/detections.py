@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detections import (
+from ..io.detections import (
     DetectionsError,
     check_detections,
     class_color,

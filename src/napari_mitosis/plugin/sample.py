@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .napari_reader import layer_data
-from .slide import open_slide
+from ..io.slide import open_slide
+from .reader import layer_data
 
 #: Synthetic sample slide size (rows, columns) at 0.25 um/px.
 SAMPLE_SHAPE = (4096, 4096)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.detections import CLASSES, class_color, hex_color
-from ..core.review import ReviewState
-from ..io import sidecar
+from ...core.detections import CLASSES, class_color, hex_color
+from ...core.review import ReviewState
+from ...io import sidecar
 
 #: Marker diameter on the slide (um).
 MARKER_UM = 14.0

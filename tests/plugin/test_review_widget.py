@@ -10,8 +10,8 @@ import pytest
 from app_model.types import KeyBinding
 
 from napari_mitosis.io.detections import read_detections
-from napari_mitosis.io.napari_reader import get_reader
-from napari_mitosis.widgets.review import (
+from napari_mitosis.plugin.reader import get_reader
+from napari_mitosis.plugin.widgets.review import (
     REGION_RECTANGLE,
     REGION_TISSUE,
     REGION_VIEW,
@@ -199,7 +199,7 @@ def test_export_equals_what_the_widget_shows_and_reimports(make_napari_viewer, t
     det = read_detections(paths["geojson"])
     assert len(det) == 3 and det.attrs["mpp"] == pytest.approx(layer.scale[0])
     # retraining dataset: the reviewed cells and the removed model call as a hard negative
-    from napari_mitosis.models.cell_data import read_export
+    from napari_mitosis.training.cell_data import read_export
 
     widget.export_training(tmp_path / "train")
     cells = read_export(tmp_path / "train")
@@ -247,7 +247,7 @@ def test_points_layer_saves_through_the_npe2_writers(make_napari_viewer, tmp_pat
 
 
 def test_segment_nuclei_of_the_current_view(make_napari_viewer, qtbot, tmp_path):
-    from napari_mitosis.widgets.regions import view_region
+    from napari_mitosis.plugin.widgets.regions import view_region
 
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..pipeline import Progress
+from ...pipeline import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -69,7 +69,7 @@ class ReviewWidget(QWidget):
     @staticmethod
     def available_steps() -> dict:
         """Step -> '' when it can run here, else why not."""
-        from ..pipeline.review import available_steps
+        from ...pipeline.review import available_steps
 
         return available_steps()
 
@@ -108,7 +108,7 @@ class ReviewWidget(QWidget):
         # -- analyse
         self.region = QComboBox()
         self.region.addItems([REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE])
-        from ..pipeline.review import STEP_NAMES, available_steps
+        from ...pipeline.review import STEP_NAMES, available_steps
 
         self.step_boxes = {}
         avail = available_steps()
@@ -145,7 +145,7 @@ class ReviewWidget(QWidget):
         self.prev_button.clicked.connect(lambda: self._go(-1))
         self.next_button.clicked.connect(lambda: self._go(1))
         self.new_class = QComboBox()
-        from ..core.detections import CLASSES
+        from ...core.detections import CLASSES
 
         self.new_class.addItems(list(CLASSES))
         self.new_class.currentTextChanged.connect(self._class_changed)
@@ -340,7 +340,7 @@ class ReviewWidget(QWidget):
         except ValueError as exc:
             self.status.setText(str(exc))
             return
-        from ..pipeline.review import review_task
+        from ...pipeline.review import review_task
 
         steps = self._steps()
         stain = self.stain.currentText()
@@ -414,7 +414,7 @@ class ReviewWidget(QWidget):
         self.review.add_model_detections(df)
 
     def _show_nuclei(self, result, layer):
-        from ..pipeline.nuclei import as_layer_data
+        from ...pipeline.nuclei import as_layer_data
 
         labels, table = result
         data, kwargs, _ = as_layer_data(labels, table, name=f"nuclei ({layer.name})")
@@ -427,7 +427,7 @@ class ReviewWidget(QWidget):
         self._keep_detections_on_top()
 
     def _show_heatmap(self, result, layer):
-        from ..pipeline.heatmap import as_layer_data
+        from ...pipeline.heatmap import as_layer_data
 
         data, kwargs, _ = as_layer_data(result)
         kwargs["name"] = f"mitosis heatmap ({layer.name})"
@@ -439,8 +439,8 @@ class ReviewWidget(QWidget):
     def _show_types(self, result, layer):
         from napari.utils.colormaps import DirectLabelColormap
 
-        from ..pipeline.nuclei import as_layer_data
-        from ..pipeline.typing import labels_colormap, legend_text
+        from ...pipeline.nuclei import as_layer_data
+        from ...pipeline.typing import labels_colormap, legend_text
 
         labels, table = result
         name = f"nucleus types ({layer.name})"
@@ -509,7 +509,7 @@ class ReviewWidget(QWidget):
 
     def counts(self):
         """The counts shown: ``(rows, hotspot, tissue_mm2, region_rows)`` (see core.counting.review_counts)."""
-        from ..core.counting import review_counts
+        from ...core.counting import review_counts
 
         r = self.review
         df = r.state.df
@@ -584,13 +584,13 @@ class ReviewWidget(QWidget):
         """Write ``counts.csv``, ``detections.csv``, ``detections.geojson`` (and ``nuclei_types.csv``
         when nuclei were typed) into ``folder``."""
         folder = Path(folder)
-        from ..pipeline.export import write_review_files
+        from ...pipeline.export import write_review_files
 
         r = self.review
         rows, hotspot, area, _ = self.counts()
         paths = write_review_files(folder, r.state.detections(), rows, hotspot, area, r.mpp, Path(r.slide.path).name)
         if r.nuclei_types is not None and len(r.nuclei_types):
-            from ..io.detections import atomic_write_text
+            from ...io.detections import atomic_write_text
 
             paths["nuclei_types"] = atomic_write_text(folder / "nuclei_types.csv",
                                                       r.nuclei_types.to_csv(index=False, float_format="%.6g"))
@@ -599,8 +599,8 @@ class ReviewWidget(QWidget):
 
     def export_training(self, folder):
         """Write a retraining dataset (crops + cells.csv) of the reviewed cells into ``folder``."""
-        from ..pipeline.export import training_export_task
-        from ..pipeline.progress import run
+        from ...pipeline.export import training_export_task
+        from ...pipeline.progress import run
 
         r = self.review
         path = run(training_export_task(r.slide, r.state.df, r.state.rejected, folder, mpp=r.mpp))
@@ -608,7 +608,7 @@ class ReviewWidget(QWidget):
         return path
 
     def import_detections(self, path) -> int:
-        from ..io.detections import read_detections
+        from ...io.detections import read_detections
 
         df = read_detections(path)
         n = self.review.import_detections(df)

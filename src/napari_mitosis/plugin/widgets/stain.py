@@ -21,8 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..pipeline import Progress
-from ..pipeline.stain import fit_slide_task
+from ...pipeline import Progress
+from ...pipeline.stain import fit_slide_task
 from .regions import last_rectangle
 from .review import slide_layers
 
