@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_mitosis.training import train_nucleus_types as tt
 from napari_mitosis.models.registry import WEIGHTS_DIR, load_model
-from napari_mitosis.pipeline.typing import type_colors
+from napari_mitosis.pipeline.nucleus_types import type_colors
 
 SCALE = 2  # pixel replication: 40 px nuclei shown at 80 px
 

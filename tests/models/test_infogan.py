@@ -16,7 +16,7 @@ from napari_mitosis.training.train_nucleus_types import (
     nmi,
     train_gan,
 )
-from napari_mitosis.pipeline.typing import STORE, TypingError
+from napari_mitosis.pipeline.nucleus_types import STORE, TypingError
 
 
 def test_shapes_ranges_and_heads():

@@ -12,12 +12,11 @@ import sys
 
 from .. import __version__
 from ..errors import NapariMitosisError
-from . import classify, detect, heatmap, nuclei, slides, stain, train
-from . import typing as typing_cli
+from . import classify, detect, heatmap, nuclei, nucleus_types, slides, stain, train
 
 #: Modules that add sub-commands, in help order; ``train`` comes last (it
 #: collects the trainers the others add).
-COMMAND_MODULES = [slides, stain, nuclei, classify, typing_cli, heatmap, detect, train]
+COMMAND_MODULES = [slides, stain, nuclei, classify, nucleus_types, heatmap, detect, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

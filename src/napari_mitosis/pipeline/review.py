@@ -44,7 +44,7 @@ def available_steps() -> dict[str, str]:
     models = set(list_models())
     out = {"nuclei": "", "cells": ""}
     out["heatmap"] = "" if find_spec("napari_mitosis.pipeline.heatmap") and "mitosis-mil" in models else "the heatmap model is not installed"
-    out["types"] = "" if find_spec("napari_mitosis.pipeline.typing") and "nuclei-infogan" in models else "the typing model is not installed"
+    out["types"] = "" if find_spec("napari_mitosis.pipeline.nucleus_types") and "nuclei-infogan" in models else "the typing model is not installed"
     return out
 
 
@@ -67,8 +67,8 @@ def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("
     Returns a dict ``{"tissue": TissueMask or None, "region": roi or None,
     "<step>": result ...}``.
     """
+    unknown = set(steps) - set(STEPS)  # before the filtering below, which would drop them
     steps = [s for s in STEPS if s in set(steps)]
-    unknown = set(steps) - set(STEPS)
     if unknown:
         raise ReviewRunError(f"unknown step(s) {sorted(unknown)}; choose from {', '.join(STEPS)}")
     if not steps:
@@ -113,7 +113,7 @@ def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("
         out["heatmap"] = hm
         i += 1
     if "types" in steps:
-        from .typing import type_nuclei_task
+        from .nucleus_types import type_nuclei_task
 
         if nuclei is None:
             from .nuclei import segment_task

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..pipeline.typing import PATCH, STORE, WORK_MPP, TypingError, sample_patches
+from ..pipeline.nucleus_types import PATCH, STORE, WORK_MPP, TypingError, sample_patches
 
 NAME = "nuclei-infogan"
 #: Fewest nuclei a model can be trained on, and per type.
@@ -408,7 +408,7 @@ def augment_batch(store, generator=None):
     import torch
     import torch.nn.functional as F
 
-    from ..pipeline.typing import to_tensor
+    from ..pipeline.nucleus_types import to_tensor
 
     x = to_tensor(store)
     n = x.shape[0]
@@ -608,7 +608,7 @@ def unet_features(patches: np.ndarray, model: str = "nuclei-unet", batch: int = 
 
 def infogan_types(net, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``D_Q``'s type (argmax) and probabilities on the centred 40 x 40 nuclei."""
-    from ..pipeline.typing import predict_types
+    from ..pipeline.nucleus_types import predict_types
 
     p = predict_types(net, centre(patches))
     return p.argmax(1), p
@@ -753,7 +753,7 @@ of each type and how they relate to labelled cells.
 
 **Input.** A 40 x 40 px window at {spec.mpp} um/px (20 x 20 um) centred on a nucleus centroid,
 stain-normalised with the stored normaliser ({(t.get('normalizer') or {}).get('method', 'none')}),
-RGB scaled to -1..1. Use `napari_mitosis.pipeline.typing.type_nuclei_task`.
+RGB scaled to -1..1. Use `napari_mitosis.pipeline.nucleus_types.type_nuclei_task`.
 
 **Network.** Generator G(z, c) (z: {spec.config['n_noise']} noise values, c: one-hot of K), shared
 discriminator body (3 strided convolutions), D_D (Wasserstein critic, gradient penalty 10) and D_Q

@@ -440,7 +440,7 @@ class ReviewWidget(QWidget):
         from napari.utils.colormaps import DirectLabelColormap
 
         from ...pipeline.nuclei import as_layer_data
-        from ...pipeline.typing import labels_colormap, legend_text
+        from ...pipeline.nucleus_types import labels_colormap, legend_text
 
         labels, table = result
         name = f"nucleus types ({layer.name})"

@@ -23,7 +23,7 @@ def cmd_type(args) -> int:
     from ..io import open_slide
     from ..pipeline import run
     from ..pipeline.nuclei import segment_task
-    from ..pipeline.typing import TypingError, legend_text, type_nuclei_task
+    from ..pipeline.nucleus_types import TypingError, legend_text, type_nuclei_task
 
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
     import torch
 
     from ..training import train_nucleus_types as tt
-    from ..pipeline.typing import TypingError
+    from ..pipeline.nucleus_types import TypingError
 
     if args.minutes <= 0:
         raise TypingError(f"--minutes must be positive, got {args.minutes}")
@@ -113,7 +113,7 @@ def _train(args, out: Path, log) -> int:
 
     from ..training import train_nucleus_types as tt
     from ..models.registry import WEIGHTS_DIR
-    from ..pipeline.typing import TypingError
+    from ..pipeline.nucleus_types import TypingError
 
     cells = None
     if args.data:

@@ -11,7 +11,7 @@ import pytest
 from napari_mitosis.core.synthetic import SyntheticHE
 from napari_mitosis.models.registry import read_spec
 from napari_mitosis.pipeline.nuclei import segment_image
-from napari_mitosis.pipeline.typing import (
+from napari_mitosis.pipeline.nucleus_types import (
     UNTYPED,
     UNTYPED_NAME,
     TypingError,
