@@ -75,6 +75,7 @@ def test_demo_makes_its_synthetic_slide(tmp_path):
     assert (folder / "overview.png").exists() and (folder / "detections.geojson").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_demo_gui_opens_napari_with_the_slide_and_the_widget(tmp_path, monkeypatch, qtbot):
     import napari

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from skimage.draw import disk, line
 
 from napari_mitosis.core.synthetic import SyntheticHE
@@ -14,6 +15,7 @@ def _overview(shape=(4096, 4096), seed=0, ds=16):
     return s, small
 
 
+@pytest.mark.slow
 def test_mask_matches_the_synthetic_tissue():
     s, small = _overview()
     mask = tissue_mask(small, mpp=0.25 * 16)

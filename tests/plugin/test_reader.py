@@ -35,6 +35,7 @@ def test_viewer_opens_a_real_svs_with_the_plugin(make_napari_viewer):
     assert layer.data[0].shape == (2967, 2220, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_sample_data_opens(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MITOSIS_CACHE", str(tmp_path))

@@ -246,6 +246,7 @@ def test_points_layer_saves_through_the_npe2_writers(make_napari_viewer, tmp_pat
         assert opened._type_string == "points" and len(opened.data) == 4
 
 
+@pytest.mark.slow
 def test_segment_nuclei_of_the_current_view(make_napari_viewer, qtbot, tmp_path):
     from napari_mitosis.plugin.widgets.regions import view_region
 
