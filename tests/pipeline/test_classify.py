@@ -70,7 +70,7 @@ def test_real_held_out_crops_mitoses_vs_other_nuclei():
     """AMi-Br mitoses (one per held-out slide) and MoNuSeg nuclei (held-out images): a reasonable accuracy."""
     from skimage.io import imread
 
-    from napari_mitosis.training.cell_data import _label_centroids
+    from napari_mitosis.training.cell_data import label_centroids
 
     labels = shared_file("mitosis", "amibr_midog21", "labels.csv")
     monuseg = shared_file("nuclei", "monuseg_train")
@@ -83,7 +83,7 @@ def test_real_held_out_crops_mitoses_vs_other_nuclei():
     crops = []
     for name in _held_out("monuseg")[:4]:
         img = imread(monuseg / "images" / f"{name}.jpg")
-        c = _label_centroids(monuseg / "masks" / f"{name}.png")
+        c = label_centroids(monuseg / "masks" / f"{name}.png")
         c = c[(c.min(1) > 64) & (c.max(1) < min(img.shape[:2]) - 64)]
         for x, y in np.round(c[:: max(len(c) // 8, 1)][:8]).astype(int):
             crops.append(img[y - 64 : y + 64, x - 64 : x + 64])

@@ -46,7 +46,7 @@ REVIEW_COLUMNS = ["id"] + COLUMNS + ["model_class"]
 ORDERS = ("score", "uncertain")
 
 
-def _empty() -> pd.DataFrame:
+def empty_review_table() -> pd.DataFrame:
     return pd.DataFrame({
         "id": pd.Series(dtype=np.int64), "x": pd.Series(dtype=float), "y": pd.Series(dtype=float),
         "class": pd.Series(dtype=object), "score": pd.Series(dtype=float), "status": pd.Series(dtype=object),
@@ -69,8 +69,8 @@ class ReviewState:
     """
 
     def __init__(self, df: pd.DataFrame | None = None, rejected: pd.DataFrame | None = None, thresholds=None):
-        self.df = _empty() if df is None else df.reset_index(drop=True)
-        self.rejected = _empty() if rejected is None else rejected.reset_index(drop=True)
+        self.df = empty_review_table() if df is None else df.reset_index(drop=True)
+        self.rejected = empty_review_table() if rejected is None else rejected.reset_index(drop=True)
         self.thresholds = dict(thresholds or {})
         self._undo: list = []
         self._redo: list = []

@@ -61,12 +61,12 @@ def hed_jitter(rgb, rng: np.random.Generator, scale: float = 0.25, shift: float 
     True
     """
     od = -np.log((np.asarray(rgb, np.float32) + 1.0) / 256.0)
-    conc = od @ _MINV
+    conc = od @ HED_MATRIX_INV
     a = rng.uniform(1 - scale, 1 + scale, 3).astype(np.float32)
     b = rng.uniform(-shift, shift, 3).astype(np.float32)
     a[2], b[2] = 1.0, 0.0  # the residual channel is not a stain
     conc = conc * a + b * (conc.sum(axis=-1, keepdims=True) > 0.05)
-    return np.clip(256.0 * np.exp(-(conc @ _M)) - 1.0, 0, 255).astype(np.float32)
+    return np.clip(256.0 * np.exp(-(conc @ HED_MATRIX)) - 1.0, 0, 255).astype(np.float32)
 
 
 def unit(vector) -> np.ndarray:
@@ -85,10 +85,10 @@ def unit(vector) -> np.ndarray:
 
 
 #: Hematoxylin, eosin and their cross product (rows): the stain unmixing basis.
-_M = np.stack([HEMATOXYLIN / np.linalg.norm(HEMATOXYLIN), EOSIN / np.linalg.norm(EOSIN), np.cross(HEMATOXYLIN, EOSIN)])
-_M[2] /= np.linalg.norm(_M[2])
-_M = _M.astype(np.float32)
-_MINV = np.linalg.inv(_M).astype(np.float32)
+HED_MATRIX = np.stack([HEMATOXYLIN / np.linalg.norm(HEMATOXYLIN), EOSIN / np.linalg.norm(EOSIN), np.cross(HEMATOXYLIN, EOSIN)])
+HED_MATRIX[2] /= np.linalg.norm(HED_MATRIX[2])
+HED_MATRIX = HED_MATRIX.astype(np.float32)
+HED_MATRIX_INV = np.linalg.inv(HED_MATRIX).astype(np.float32)
 
 
 def rgb_to_od(rgb, background: float = BACKGROUND) -> np.ndarray:

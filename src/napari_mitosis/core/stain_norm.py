@@ -87,7 +87,7 @@ def _tissue_pixels(image: np.ndarray, what: str) -> np.ndarray:
     return mask
 
 
-def _blend(original: np.ndarray, normalised: np.ndarray) -> np.ndarray:
+def blend_background(original: np.ndarray, normalised: np.ndarray) -> np.ndarray:
     w = tissue_weight(original)[..., None]
     out = w * normalised + (1 - w) * original.astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -138,7 +138,7 @@ class StainNormalizer:
                 source = self.source_stats(image)
             except StainNormError:
                 return image.copy()  # nothing to normalise: all glass
-        return _blend(image, self._apply(image, source))
+        return blend_background(image, self._apply(image, source))
 
     def to_dict(self) -> dict:
         return {"method": self.method, "target": _jsonable(self.target)}

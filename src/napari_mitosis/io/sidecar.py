@@ -187,10 +187,10 @@ def save_review(path, state, identity: dict, extra: dict | None = None) -> Path:
 
 
 def _frame(records) -> pd.DataFrame:
-    from ..core.review import REVIEW_COLUMNS, _empty
+    from ..core.review import REVIEW_COLUMNS, empty_review_table
 
     if not records:
-        return _empty()
+        return empty_review_table()
     df = pd.DataFrame.from_records(records)
     for c in REVIEW_COLUMNS:
         if c not in df:

@@ -20,8 +20,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ..errors import NapariMitosisError
 from ..core.resample import mean2x2
+from ..errors import NapariMitosisError
 
 #: Pixel-size values outside this range (um/px) are treated as unknown: they
 #: are scanner defaults such as 72 dpi, not a microscope's pixel size.

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import NapariMitosisError
 from ..core.counting import HPF_AREA_MM2, count_table, find_hotspot
+from ..errors import NapariMitosisError
 from ..io.detections import (
     atomic_write_bytes,
     atomic_write_text,

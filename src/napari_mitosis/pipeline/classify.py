@@ -54,7 +54,7 @@ def get_model(name: str = "cell-gstn", device: str = "auto"):
     return _MODELS[key]
 
 
-def _to_input(rgb: np.ndarray, size: int) -> np.ndarray:
+def to_classifier_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB uint8 array to size x size (anti-aliased when shrinking), float32 0..1."""
     if rgb.shape[:2] == (size, size):
         return rgb.astype(np.float32) / 255.0
@@ -170,7 +170,7 @@ def classify_crops_task(crops, mpp: float | None = None, model: str = "cell-gstn
             arr = c
         arr = check_crop(arr, mpp, names[i])
         sides[i] = arr.shape[0]
-        inputs[i] = _to_input(arr, size)
+        inputs[i] = to_classifier_input(arr, size)
         if i % 256 == 0:
             yield Progress(0, len(crops), f"reading crops {i + 1}/{len(crops)}")
     device_ = next(net.parameters()).device
@@ -265,7 +265,7 @@ def classify_points_task(slide, points, mpp: float | None = None, model: str = "
                 x0, y0 = x - field_l0 / 2 + 0.5, y - field_l0 / 2 + 0.5
                 origin[i] = (int(round(x0)), int(round(y0)))
                 region = slide.read_region(level, int(origin[i, 0]), int(origin[i, 1]), side, side)
-                inputs[i] = _to_input(region, size)
+                inputs[i] = to_classifier_input(region, size)
                 if i % 256 == 0:  # reading is the first half of each chunk's work, scoring the second
                     yield Progress(2 * c0 + i, 2 * n, f"reading cells {c0 + i + 1}/{n}")
             sub = _run_batches(net, spec, inputs, device_, batch, None, "classifying cells")

@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ..errors import NapariMitosisError
 from ..core.decision import DEFAULT_THRESHOLDS, decide_detections, needs_classifier
 from ..core.screening import blob_features, is_background_od, nms, optical_density, screen
+from ..errors import NapariMitosisError
 from ..io.detections import check_detections, empty_detections
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task
@@ -154,7 +154,7 @@ def _check_mpp(slide, mpp=None) -> float:
 
 def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):
     """128 x 128 inputs around level-0 points; returns inputs, origins, level-0 px per input px."""
-    from .classify import _to_input
+    from .classify import to_classifier_input as _to_input
 
     field_l0 = size * net_mpp / slide_mpp
     level = slide.best_level_for_downsample(field_l0 / size * (1 + CROP_MPP_TOL))

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ..errors import NapariMitosisError
 from ..core.tiling import halo_tiles
+from ..errors import NapariMitosisError
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
@@ -96,7 +96,7 @@ def _normalise_tile(norm, rgb: np.ndarray, stats: dict) -> np.ndarray:
     import torch
 
     from ..core.stain import rgb_to_od
-    from ..core.stain_norm import BACKGROUND, _blend
+    from ..core.stain_norm import BACKGROUND, blend_background
 
     od = torch.from_numpy(rgb_to_od(rgb, background=BACKGROUND).reshape(-1, 3))
     pinv = np.linalg.pinv(np.asarray(stats["stains"], np.float64).T)  # (2, 3): least squares, as lstsq
@@ -105,7 +105,7 @@ def _normalise_tile(norm, rgb: np.ndarray, stats: dict) -> np.ndarray:
     conc = (od @ to_conc).clamp_(min=0)  # clipping before scaling: same result, the scale is positive
     out_od = conc @ torch.from_numpy(np.asarray(norm.target["stains"], np.float32))
     out = (BACKGROUND * torch.exp(-out_od.clamp_(0, 20))).numpy()
-    return _blend(rgb, out.reshape(rgb.shape))
+    return blend_background(rgb, out.reshape(rgb.shape))
 
 
 def _resample_map(pmap: np.ndarray, out_shape, step: float, stride: int) -> np.ndarray:

@@ -35,7 +35,6 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ..errors import NapariMitosisError
 from ..core.nuclei import (
     NUCLEI_MPP,
     TABLE_COLUMNS,
@@ -47,6 +46,7 @@ from ..core.nuclei import (
 )
 from ..core.screening import is_background
 from ..core.tiling import halo_tiles
+from ..errors import NapariMitosisError
 from ..io.working import read_working
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ..errors import NapariMitosisError
 from ..core.detections import hex_color
+from ..errors import NapariMitosisError
 from .progress import Progress, Task, run
 
 #: Default model.

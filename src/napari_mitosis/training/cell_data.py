@@ -223,7 +223,7 @@ def read_eoe(root: Path, others_per_tile: int = 12, seed: int = 0, mpp: float = 
     return pd.DataFrame(rows)
 
 
-def _label_centroids(label_file: Path) -> np.ndarray:
+def label_centroids(label_file: Path) -> np.ndarray:
     from skimage.io import imread
 
     lab = np.asarray(imread(label_file))
@@ -259,7 +259,7 @@ def read_nuclei_sets(root: Path, per_image: int = 20, seed: int = 0) -> pd.DataF
                 continue
             mpp = mpp_of(img.stem)
             h, w = read_rgb(img).shape[:2]
-            c = _label_centroids(lab)
+            c = label_centroids(lab)
             m = 16 * WORK_MPP / mpp
             c = c[(c[:, 0] >= m) & (c[:, 1] >= m) & (c[:, 0] <= w - m) & (c[:, 1] <= h - m)]
             rows += _rows(img, _pick(c, per_image, rng), "other", "confirmed", mpp, src, f"{src}/{img.stem}")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import NapariMitosisError
 from ..core.nuclei import (
     NUCLEI_MPP,
     aggregated_jaccard_index,
@@ -40,6 +39,7 @@ from ..core.nuclei import (
     segmentation_metrics,
 )
 from ..core.stain import hed_jitter
+from ..errors import NapariMitosisError
 
 #: Model registry name.
 MODEL_NAME = "nuclei-unet"

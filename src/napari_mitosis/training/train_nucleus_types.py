@@ -270,9 +270,9 @@ def shared_cells(
             lab_file = folder / "labels" / (img.stem + ".png")
             expert = None
             if name == "monuseg_train" and lab_file.exists():
-                from ..training.cell_data import _label_centroids
+                from .cell_data import label_centroids
 
-                expert = _label_centroids(lab_file)
+                expert = label_centroids(lab_file)
             res = extract_image(_read(img), mpp, norm, points=expert)
             add_pool(res)
             if expert is not None:

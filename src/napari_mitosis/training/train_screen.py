@@ -214,9 +214,9 @@ def load_dataset(path) -> dict:
 def _hed_matrices():
     import torch
 
-    from ..core.stain import _M, _MINV
+    from ..core.stain import HED_MATRIX, HED_MATRIX_INV
 
-    return torch.tensor(_MINV, dtype=torch.float32), torch.tensor(_M, dtype=torch.float32)
+    return torch.tensor(HED_MATRIX_INV, dtype=torch.float32), torch.tensor(HED_MATRIX, dtype=torch.float32)
 
 
 def augment(x, gen, size: int = PATCH, train: bool = True, stain: float = 0.2, scale=(0.85, 1.15),
