@@ -63,7 +63,7 @@ def open_tiff(path: Path) -> Slide:
         ident = (os.path.realpath(path), st.st_mtime_ns, size)  # a rewritten file gets new keys
         levels, direct = [], []
         for i, lev in enumerate(series.levels):
-            _check_offsets(path, lev, size, i)
+            _check_offsets(path, lev, size, i, fmt)
             store = series.aszarr(level=i)
             z = zarr.open(store, mode="r")
             if not hasattr(z, "shape"):  # a pyramid group: pick the level's array
@@ -246,8 +246,25 @@ def _check_tiff_series(path, tf, series):
         )
 
 
-def _check_offsets(path, level, file_size, index):
-    """A truncated file has tiles that point past its end: say so now, not mid-view."""
+#: A compressed tile or strip larger than this when decoded (bytes) must also decode from a
+#: plausible number of stored bytes (:data:`MAX_CHUNK_RATIO`); smaller ones are always read.
+BIG_CHUNK_BYTES = 64 * 2**20
+#: Decoded / stored bytes of one big chunk: deflate cannot exceed ~1032, JPEG of blank glass ~400.
+MAX_CHUNK_RATIO = 2000
+#: Decoded / stored bytes of a level's stored chunks, when they decode to more than 256 MiB.
+MAX_LEVEL_RATIO = 5000
+
+
+def _check_offsets(path, level, file_size, index, fmt="tiff"):
+    """Check a level's layout against the bytes the file really holds, in milliseconds and
+    before anything is decoded or any dask graph is built:
+
+    - a truncated file has tiles that point past its end: say so now, not mid-view;
+    - the claimed image size must match the number of tiles (or strips) the file lists:
+      a 7 KB file claiming 999,000 x 999,000 px in 256 px tiles lists 4 tiles, not 15 million;
+    - the decoded size must be plausible for the bytes stored (no decompression bombs: one
+      huge tile or strip claimed from a few bytes).
+    """
     for page in level.pages:
         if page is None:
             continue
@@ -255,12 +272,60 @@ def _check_offsets(path, level, file_size, index):
         counts = np.asarray(page.databytecounts, dtype=np.int64)
         if offsets.size == 0:
             raise SlideError(f"{path}: level {index} has no image data; the file is corrupt")
+        if counts.size != offsets.size or (counts < 0).any() or (offsets < 0).any():
+            raise SlideError(f"{path}: level {index} has an inconsistent tile table; the file is corrupt")
         present = counts > 0
         if present.any() and int((offsets + counts)[present].max()) > file_size:
             raise SlideError(
                 f"{path}: level {index} refers to data past the end of the file ({file_size} bytes): "
                 "the file is truncated (an interrupted copy or download?). Copy it again."
             )
+        _check_chunk_layout(path, page, offsets.size, counts, present, index, fmt)
+
+
+def _check_chunk_layout(path, page, n_listed, counts, present, index, fmt):
+    H, W = int(page.imagelength), int(page.imagewidth)
+    D = int(getattr(page, "imagedepth", 1) or 1)
+    spp = int(page.samplesperpixel or 1)
+    planes = spp if int(page.planarconfig) == 2 else 1
+    itemsize = max(1, int(page.bitspersample or 8) // 8)
+    if page.is_tiled:
+        th, tw = int(page.tilelength), int(page.tilewidth)
+        td = int(getattr(page, "tiledepth", 1) or 1)
+        if th < 1 or tw < 1 or td < 1:
+            raise SlideError(f"{path}: level {index} has tiles of {tw} x {th} px; the file is corrupt")
+        expected = -(-H // th) * -(-W // tw) * -(-D // td) * planes
+        chunk_bytes = th * tw * td * (spp // planes) * itemsize
+        layout = f"{expected} tiles of {tw} x {th} px"
+    else:
+        rps = int(page.rowsperstrip or H) or H
+        rps = max(1, min(rps, H))
+        expected = -(-H // rps) * D * planes
+        chunk_bytes = rps * W * (spp // planes) * itemsize
+        layout = f"{expected} strips of {rps} rows"
+    if fmt != "ndpi" and n_listed != expected:  # tifffile gives NDPI's JPEG its own virtual tiles
+        raise SlideError(
+            f"{path}: level {index} claims an image of {W} x {H} pixels, which needs {layout}, "
+            f"but the file lists {n_listed}; the file is corrupt or not a slide"
+        )
+    if int(page.compression) == 1 or not present.any():
+        return  # uncompressed: every byte decoded is a byte stored (and the offsets are checked)
+    if chunk_bytes > BIG_CHUNK_BYTES:
+        worst = int(counts[present].min())
+        if chunk_bytes > MAX_CHUNK_RATIO * worst:
+            raise SlideError(
+                f"{path}: level {index} has a {'tile' if page.is_tiled else 'strip'} that would decode to "
+                f"{chunk_bytes / 2**20:.0f} MiB from {worst} stored bytes "
+                f"(more than {MAX_CHUNK_RATIO}:1): a decompression bomb or a corrupt file; refused"
+            )
+    decoded = int(present.sum()) * chunk_bytes
+    stored = int(counts[present].sum())
+    if decoded > 256 * 2**20 and decoded > MAX_LEVEL_RATIO * stored:
+        raise SlideError(
+            f"{path}: level {index} claims {W} x {H} pixels that would decode to {decoded / 2**30:.1f} GiB "
+            f"from {stored} stored bytes (more than {MAX_LEVEL_RATIO}:1): a decompression bomb or a "
+            "corrupt file; refused"
+        )
 
 
 def _to_rgb(path, arr: da.Array, axes: str) -> da.Array:
@@ -463,15 +528,69 @@ def open_ome_zarr(path: Path) -> Slide:
 
 
 # ------------------------------------------------------------------- plain images
-def open_image(path: Path) -> Slide:
-    """PNG / JPEG / BMP: decoded once into memory (they are not tiled), pyramid built lazily."""
-    from PIL import Image
+#: Plain (untiled) images are decoded whole: at most this many pixels by default (about 1 GB
+#: of memory while decoding); the environment variable raises or lowers it.
+MAX_IMAGE_PIXELS = 2**27
+MAX_IMAGE_PIXELS_ENV = "NAPARI_MITOSIS_MAX_IMAGE_PIXELS"
+#: Decoded / file bytes of a plain image over 16 Mpx: a blank PNG or JPEG stays far below.
+MAX_IMAGE_RATIO = 5000
 
+
+def max_image_pixels() -> int:
+    """The plain-image pixel limit: ``NAPARI_MITOSIS_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
+        value = int(float(raw))
+    except ValueError:
+        raise SlideError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r} is not a number of pixels") from None
+    if value < 1:
+        raise SlideError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r} must be a positive number of pixels")
+    return value
+
+
+def _pil_open(path: Path, fh):
+    """Open a PNG, JPEG or BMP with its Pillow plugin directly: the header only, and without
+    Pillow's process-wide decompression-bomb check (napari-mitosis applies its own policy,
+    :func:`max_image_pixels`, and never changes ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin
+
+    head = fh.read(8)
+    fh.seek(0)
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        cls = PngImagePlugin.PngImageFile
+    elif head[:3] == b"\xff\xd8\xff":
+        cls = JpegImagePlugin.JpegImageFile
+    else:
+        cls = BmpImagePlugin.BmpImageFile
+    return cls(fh, str(path))
+
+
+def open_image(path: Path) -> Slide:
+    """PNG / JPEG / BMP: decoded once into memory (they are not tiled), pyramid built lazily.
+    The claimed size is checked against :func:`max_image_pixels` and the file's size before
+    anything is decoded, so memory stays bounded whatever the header claims."""
+    limit = max_image_pixels()
+    file_size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as fh, _pil_open(path, fh) as im:
             w, h = im.size
-            if w > MAX_SIDE or h > MAX_SIDE:
+            if w > MAX_SIDE or h > MAX_SIDE or w < 1 or h < 1:
                 raise SlideError(f"{path}: claims an image of {w} x {h} pixels; the file is corrupt")
+            if w * h > limit:
+                raise SlideError(
+                    f"{path}: a plain {im.format} image of {w} x {h} = {w * h:,} pixels, more than the "
+                    f"{limit:,} napari-mitosis decodes from an untiled image (it is read whole, about "
+                    f"{7 * w * h / 2**30:.1f} GiB of memory). Convert it to a tiled pyramidal TIFF "
+                    f"(e.g. vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg), or raise the "
+                    f"limit with the environment variable {MAX_IMAGE_PIXELS_ENV}={w * h}."
+                )
+            if w * h > 2**24 and 3 * w * h > MAX_IMAGE_RATIO * file_size:
+                raise SlideError(
+                    f"{path}: a {file_size}-byte file claims an image of {w} x {h} pixels "
+                    f"(more than {MAX_IMAGE_RATIO}:1 compression): a decompression bomb or a corrupt file; refused"
+                )
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 raise SlideError(
@@ -482,16 +601,17 @@ def open_image(path: Path) -> Slide:
                 raise SlideError(
                     f"{path}: a grayscale image; napari-mitosis needs RGB bright-field (H&E) images."
                 )
-            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_SIDE * 1000)
             im.load()
             if mode == "RGBA" or (mode == "P" and "transparency" in im.info):
                 rgba = np.asarray(im.convert("RGBA"))
                 rgb = _rgba_over_white(rgba)
             else:
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = np.asarray(im if mode == "RGB" else im.convert("RGB"))
             dpi = im.info.get("dpi")
     except SlideError:
         raise
+    except MemoryError as exc:
+        raise SlideError(f"{path}: not enough memory to decode this {w} x {h} image ({exc})") from exc
     except Exception as exc:
         raise SlideError(f"{path}: cannot decode the image, it is truncated or corrupt ({exc})") from exc
     mpp = 25400.0 / float(dpi[0]) if dpi and _float(dpi[0]) else None
