@@ -182,7 +182,7 @@ def test_keyboard_review_autosaves_and_reopens(make_napari_viewer, qtbot, tmp_pa
     assert len(widget2.review.layer.data) == len(before)
 
 
-def test_export_equals_what_the_widget_shows_and_reimports(make_napari_viewer, tmp_path):
+def test_export_equals_what_the_widget_shows_and_reimports(make_napari_viewer, qtbot, tmp_path):
     slide_path = _link(shared_file("slides", "CMU-1-Small-Region_pyramid.ome.tif"), tmp_path / "slides")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
@@ -201,7 +201,11 @@ def test_export_equals_what_the_widget_shows_and_reimports(make_napari_viewer, t
     # retraining dataset: the reviewed cells and the removed model call as a hard negative
     from napari_mitosis.training.cell_data import read_export
 
-    widget.export_training(tmp_path / "train")
+    worker = widget.export_training(tmp_path / "train")  # in a thread worker, off the GUI thread
+    assert not widget.training_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.export_worker is None, timeout=60_000)
+    assert "retraining dataset written" in widget.status.text(), widget.status.text()
+    assert worker is not None
     cells = read_export(tmp_path / "train")
     assert len(cells) == 3 and sorted(cells["class"]) == ["mitotic_figure", "mitotic_figure", "other"]
     # a fresh viewer of the same slide re-imports the GeoJSON (as QuPath would hand it back)

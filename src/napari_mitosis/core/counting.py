@@ -217,6 +217,63 @@ def count_table(classes, tissue_mm2: float | None, hotspot: Hotspot | None = Non
     return rows
 
 
+def is_polygon(region) -> bool:
+    """Whether a region is a polygon (``[[x, y], ...]``) rather than a rectangle ``(x, y, w, h)`` or None."""
+    return region is not None and np.ndim(region) == 2
+
+
+def region_bounds(region) -> tuple[float, float, float, float]:
+    """The bounding rectangle ``(x, y, w, h)`` of a rectangle or polygon region.
+
+    >>> region_bounds([[0, 0], [10, 0], [5, 8]])
+    (0.0, 0.0, 10.0, 8.0)
+    """
+    if is_polygon(region):
+        p = np.asarray(region, float)
+        (x0, y0), (x1, y1) = p.min(axis=0), p.max(axis=0)
+        return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+    x, y, w, h = (float(v) for v in region)
+    return x, y, w, h
+
+
+def region_area_px(region) -> float:
+    """Area (level-0 px²) of a rectangle ``(x, y, w, h)`` or a polygon ``[[x, y], ...]`` (shoelace).
+
+    >>> region_area_px((0, 0, 4, 5)), region_area_px([[0, 0], [4, 0], [0, 5]])
+    (20.0, 10.0)
+    """
+    if not is_polygon(region):
+        return float(region[2]) * float(region[3])
+    p = np.asarray(region, float)
+    x, y = p[:, 0], p[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def region_contains(region, xy) -> np.ndarray:
+    """Which of the (N, 2) level-0 points ``xy`` lie in ``region``: a rectangle ``(x, y, w, h)``,
+    a polygon ``[[x, y], ...]`` (even-odd rule) or None (everywhere).
+
+    >>> region_contains((0, 0, 10, 10), [[5, 5], [10, 5]]).tolist()
+    [True, False]
+    >>> region_contains([[0, 0], [10, 0], [0, 10]], [[2, 2], [8, 8]]).tolist()
+    [True, False]
+    """
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    if region is None:
+        return np.ones(len(xy), bool)
+    if not is_polygon(region):
+        x, y, w, h = (float(v) for v in region)
+        return (xy[:, 0] >= x) & (xy[:, 0] < x + w) & (xy[:, 1] >= y) & (xy[:, 1] < y + h)
+    poly = np.asarray(region, float)
+    px, py = xy[:, 0:1], xy[:, 1:2]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > py) != (y1 > py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xcross = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+    return ((crosses & (px < xcross)).sum(axis=1) % 2).astype(bool)
+
+
 def analysed_mask(shape, mask_downsample: float, regions) -> np.ndarray:
     """Mask (at tissue-mask resolution) of the level-0 ``regions`` that were analysed.
 
@@ -231,6 +288,13 @@ def analysed_mask(shape, mask_downsample: float, regions) -> np.ndarray:
         if r is None:
             out[:] = True
             break
+        if is_polygon(r):  # the mask pixels whose centres lie in the polygon
+            from skimage.draw import polygon as fill
+
+            p = np.asarray(r, float) / mask_downsample - 0.5
+            rr, cc = fill(p[:, 1], p[:, 0], shape=out.shape)
+            out[rr, cc] = True
+            continue
         x, y, w, h = (float(v) for v in r)
         c0, r0 = int(np.floor(x / mask_downsample)), int(np.floor(y / mask_downsample))
         c1, r1 = int(np.ceil((x + w) / mask_downsample)), int(np.ceil((y + h) / mask_downsample))
@@ -265,7 +329,7 @@ def review_counts(xy, classes, tissue_mask, mask_downsample: float, mpp: float |
     if tissue_mask is None or mpp is None:
         area = None
         if mpp is not None and regions and None not in regions:
-            area = float(sum(float(w) * float(h) for _, _, w, h in regions)) * mpp**2 / 1e6
+            area = float(sum(region_area_px(r) for r in regions)) * mpp**2 / 1e6
         return count_table(classes, area), None, area
     region = analysed_mask(tissue_mask.shape, mask_downsample, regions) & np.asarray(tissue_mask, bool)
     area = float(region.sum()) * (mpp * mask_downsample) ** 2 / 1e6

@@ -46,6 +46,22 @@ REVIEW_COLUMNS = ["id"] + COLUMNS + ["model_class"]
 ORDERS = ("score", "uncertain")
 
 
+def near(a, b, radius: float) -> np.ndarray:
+    """Which of the (N, 2) points ``a`` have one of the (M, 2) points ``b`` within ``radius``.
+
+    >>> near([[0, 0], [10, 0]], [[1, 1]], 2).tolist()
+    [True, False]
+    """
+    a = np.asarray(a, float).reshape(-1, 2)
+    b = np.asarray(b, float).reshape(-1, 2)
+    if not len(a) or not len(b):
+        return np.zeros(len(a), bool)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(b).query(a, k=1, distance_upper_bound=radius)
+    return np.isfinite(d) & (d <= radius)
+
+
 def empty_review_table() -> pd.DataFrame:
     return pd.DataFrame({
         "id": pd.Series(dtype=np.int64), "x": pd.Series(dtype=float), "y": pd.Series(dtype=float),
@@ -152,6 +168,73 @@ class ReviewState:
         self.df = df[~inside].reset_index(drop=True)
         self._changed()
         return int(inside.sum())
+
+    def add_run_tile(self, detections, run_ids: set, match_px: float) -> list[int]:
+        """Add one tile's detections of a run that is re-analysing a region; returns their ids.
+
+        Nothing earlier is dropped wholesale (a run may be cancelled, or napari
+        closed, at any tile): a new detection within ``match_px`` of an earlier
+        *unreviewed* model detection replaces it; one within ``match_px`` of a
+        reviewed cell (or of a model call the pathologist removed) is the same
+        cell already decided and is not added. ``run_ids`` (the ids this run
+        added so far) grows by the new ids; :meth:`finish_run` then drops the
+        earlier unreviewed detections of the region that the run did not find.
+
+        >>> import pandas as pd
+        >>> s = ReviewState()
+        >>> _ = s.add_model(pd.DataFrame({"x": [10., 100.], "y": [10., 100.], "class": ["mitotic_figure"] * 2,
+        ...                               "score": [.9, .6]}))
+        >>> s.confirm([0])
+        >>> run = set()
+        >>> s.add_run_tile(pd.DataFrame({"x": [11., 101.], "y": [10., 99.], "class": ["mitotic_figure"] * 2,
+        ...                              "score": [.8, .7]}), run, match_px=5)
+        [2]
+        >>> s.df[["id", "status", "score"]].values.tolist()
+        [[0, 'confirmed', 0.9], [2, 'model', 0.7]]
+        """
+        det = check_detections(detections)
+        if not len(det):
+            return []
+        df = self.df
+        xy_new = det[["x", "y"]].to_numpy(float)
+        decided = pd.concat([df[df["status"] != "model"], self.rejected])[["x", "y"]].to_numpy(float)
+        keep_new = ~near(xy_new, decided, match_px)
+        det = det[keep_new]
+        earlier = ((df["status"] == "model") & ~df["id"].isin(list(run_ids))).to_numpy()
+        replaced = np.zeros(len(df), bool)
+        if earlier.any() and len(det):
+            replaced[earlier] = near(df.loc[earlier, ["x", "y"]].to_numpy(float), det[["x", "y"]].to_numpy(float),
+                                     match_px)
+        if not len(det) and not replaced.any():
+            return []
+        self._push()
+        df = df[~replaced]
+        ids = self._next_ids(len(det))
+        det = det.copy()
+        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
+        det["status"] = "model"
+        det["model_class"] = det["class"]
+        self.df = pd.concat([df, det], ignore_index=True) if len(df) else det.reset_index(drop=True)
+        self._changed()
+        run_ids.update(ids)
+        return ids
+
+    def finish_run(self, region, run_ids: set) -> int:
+        """A run over ``region`` finished: the earlier unreviewed model detections in it that the run
+        did not find again go (reviewed cells stay). ``region``: level-0 ``(x, y, w, h)``, a polygon
+        (list of ``[x, y]``) or None (the whole slide). Returns how many went."""
+        from .counting import region_contains
+
+        df = self.df
+        earlier = ((df["status"] == "model") & ~df["id"].isin(list(run_ids))).to_numpy().copy()
+        if earlier.any():
+            earlier &= region_contains(region, df[["x", "y"]].to_numpy(float))
+        if not earlier.any():
+            return 0
+        self._push()
+        self.df = df[~earlier].reset_index(drop=True)
+        self._changed()
+        return int(earlier.sum())
 
     def load(self, detections, keep_status: bool = True) -> list[int]:
         """Add detections from a file (their status kept, or ``added``); returns their ids."""

@@ -210,11 +210,46 @@ def _parse(path: Path) -> dict:
     return doc
 
 
+def encode_mask(mask) -> dict:
+    """A boolean mask as JSON: its shape and its packed bits in base64.
+
+    >>> m = np.array([[1, 0, 1], [0, 1, 1]], bool)
+    >>> bool((decode_mask(encode_mask(m)) == m).all())
+    True
+    """
+    import base64
+
+    mask = np.asarray(mask, bool)
+    return {"shape": [int(n) for n in mask.shape], "bits": base64.b64encode(np.packbits(mask.ravel())).decode("ascii")}
+
+
+def decode_mask(doc: dict) -> np.ndarray:
+    """The mask written by :func:`encode_mask` (ValueError when it does not fit its shape)."""
+    import base64
+
+    shape = tuple(int(n) for n in doc["shape"])
+    if len(shape) != 2 or min(shape) < 0:
+        raise ValueError(f"bad mask shape {shape}")
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(doc["bits"], validate=True), np.uint8))
+    n = shape[0] * shape[1]
+    if len(bits) < n:
+        raise ValueError("the mask is shorter than its shape")
+    return bits[:n].reshape(shape).astype(bool)
+
+
 def load_review(path, identity: dict | None = None):
+    """Read a review saved by :func:`save_review`: ``(ReviewState, note)`` (see :func:`load_review_document`)."""
+    state, note, _doc = load_review_document(path, identity)
+    return state, note
+
+
+def load_review_document(path, identity: dict | None = None):
     """Read a review saved by :func:`save_review`.
 
-    Returns ``(ReviewState, note)``; ``note`` is empty, or says that the
-    file was corrupt, where it was moved, and that the backup was used.
+    Returns ``(ReviewState, note, document)``; ``note`` is empty, or says
+    that the file was corrupt, where it was moved, and that the backup was
+    used; ``document`` is the file that was read (the backup when it was
+    used), for what else the review keeps (regions, tissue mask, ...).
 
     Raises
     ------
@@ -253,4 +288,4 @@ def load_review(path, identity: dict | None = None):
         if not ok:
             raise SidecarError(f"{path.name}: {why}; refusing to load it onto this slide")
     state = ReviewState(_frame(doc["detections"]), _frame(doc.get("rejected") or []), doc.get("thresholds") or {})
-    return state, note
+    return state, note, doc

@@ -37,6 +37,8 @@ STATUS_COLORS = {"model": (1, 1, 1, 1), "confirmed": (0.1, 0.9, 0.2, 1), "correc
 CLASS_KEYS = {"m": "mitotic_figure", "g": "granulocyte", "o": "other"}
 #: A queue jump shows at least this much tissue around the cell (um across).
 FOCUS_FIELD_UM = 120.0
+#: A re-run's detection this close to an earlier one is the same cell (um; the detector's NMS distance).
+SAME_CELL_UM = 6.0
 
 KEY_HELP = (
     "M/G/O: class of selected · C: confirm · X/Del: remove · I: add at mouse (Shift+M/G/O: add that class) · "
@@ -53,9 +55,15 @@ class DetectionReview:
     slide_layer : the Image layer of the slide (its ``metadata['slide']`` is a Slide)
     folder : where to save the annotation file (default: beside the slide, or the fallback folder)
     on_change : called after every change (e.g. to refresh counts)
+    canvas_width : callable returning the canvas width in screen pixels (for the zoom of a queue jump)
+
+    Everything that belongs to one slide lives here, not in the widget: the
+    detections, the analysed regions, the tissue mask, the pixel size entered
+    for it, the typed nuclei; all of it is saved in the slide's review file.
     """
 
-    def __init__(self, viewer, slide_layer, folder=None, on_change=None, mpp: float | None = None):
+    def __init__(self, viewer, slide_layer, folder=None, on_change=None, mpp: float | None = None,
+                 canvas_width=None):
         self.viewer = viewer
         self.slide_layer = slide_layer
         self.slide = slide_layer.metadata["slide"]
@@ -67,6 +75,10 @@ class DetectionReview:
         self.notes: list[str] = []
         self.regions: list = []  # analysed level-0 rectangles (None = all tissue)
         self.nuclei_types = None  # typed nuclei (x, y level-0, type, type_name) of the typed regions
+        self.tissue = None  # TissueMask of this slide (computed by a run, or restored from the file)
+        self.hotspot = None  # the last Hotspot counted (saved for the record; recomputed from the cells)
+        self.saved_mpp: float | None = None  # the pixel size the file was saved with
+        self.canvas_width = canvas_width
         self._syncing = False
         self._focus: int | None = None
         self.identity = sidecar.slide_identity(self.slide)
@@ -83,34 +95,60 @@ class DetectionReview:
         if not (self.path.exists() or self.path.with_name(self.path.name + ".bak").exists()):
             return
         try:
-            self.state, note = sidecar.load_review(self.path, self.identity)
+            self.state, note, doc = sidecar.load_review_document(self.path, self.identity)
         except sidecar.SidecarError as exc:
             self.notes.append(str(exc))
             if "refusing" in str(exc):  # another slide's file: keep it, save this review elsewhere
                 self.path = self.path.with_name(f"{Path(self.slide.path).name}.{self.identity['fingerprint']}{sidecar.SUFFIX}")
             return
-        self.regions, self.nuclei_types = self._saved_extras()
+        self._restore_extras(doc)
         if note:
             self.notes.append(note)
         n = len(self.state.df)
         self.notes.append(f"restored {n:,} detection{'s' if n != 1 else ''} from {self.path.name}")
 
-    def _saved_extras(self):
-        import json
+    def _restore_extras(self, doc: dict):
+        """What the file keeps besides the detections: regions, typed nuclei, pixel size, tissue mask."""
+        from ...core.counting import is_polygon
 
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return [], None
-        regions = [None if r is None else tuple(r) for r in doc.get("regions", [])]
-        types = pd.DataFrame(doc["nuclei_types"]) if doc.get("nuclei_types") else None
-        return regions, types
+        self.regions = [None if r is None else ([list(map(float, p)) for p in r] if is_polygon(r) else tuple(r))
+                        for r in doc.get("regions") or []]
+        self.nuclei_types = pd.DataFrame(doc["nuclei_types"]) if doc.get("nuclei_types") else None
+        mpp = doc.get("mpp")
+        self.saved_mpp = float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
+        if self.mpp is None and self.saved_mpp is not None:
+            self.mpp = self.saved_mpp
+        t = doc.get("tissue")
+        if isinstance(t, dict):
+            from ...core.tissue import TissueMask
+
+            try:
+                mask = sidecar.decode_mask(t["mask"])
+                ds = float(t["downsample"])
+                self.tissue = TissueMask(mask, level=int(t.get("level", 0)), downsample=ds,
+                                         mpp=ds * self.mpp if self.mpp else None)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.notes.append(f"the saved tissue mask could not be read ({exc}); run again to detect it")
+
+    def _extras(self) -> dict:
+        from ...core.counting import is_polygon
+
+        regions = [None if r is None else ([list(map(float, p)) for p in r] if is_polygon(r) else list(map(float, r)))
+                   for r in self.regions]
+        extra = {"regions": regions, "mpp": self.mpp}
+        if self.nuclei_types is not None:
+            extra["nuclei_types"] = sidecar.json_records(self.nuclei_types)
+        if self.tissue is not None:
+            extra["tissue"] = {"mask": sidecar.encode_mask(self.tissue.mask), "downsample": float(self.tissue.downsample),
+                               "level": int(self.tissue.level)}
+        if self.hotspot is not None:
+            extra["hotspot"] = {k: (v.item() if isinstance(v, np.generic) else v)
+                                for k, v in self.hotspot.as_dict().items()}
+        return extra
 
     def save(self) -> Path:
         """Write the review now (atomically). Falls back to the fallback folder if the folder is read-only."""
-        extra = {"regions": [None if r is None else list(map(float, r)) for r in self.regions], "mpp": self.mpp}
-        if self.nuclei_types is not None:
-            extra["nuclei_types"] = sidecar.json_records(self.nuclei_types)
+        extra = self._extras()
         try:
             return sidecar.save_review(self.path, self.state, self.identity, extra)
         except OSError as exc:
@@ -307,9 +345,42 @@ class DetectionReview:
             self._changed()
 
     def clear_region(self, region):
-        """Before re-analysing ``region``: its unreviewed model detections go (reviewed cells stay)."""
+        """Forget the unreviewed model detections in ``region`` (reviewed cells stay)."""
         if self.state.drop_unreviewed(region):
             self._changed()
+
+    def _same_cell_px(self) -> float:
+        return SAME_CELL_UM / self.mpp if self.mpp else SAME_CELL_UM * 4
+
+    def add_run_tile(self, df, run_ids: set, region=None) -> list[int]:
+        """One tile's detections of a run over ``region`` (rectangle, polygon or None): they replace
+        the earlier unreviewed detections of the same cells; reviewed and removed cells stay decided
+        (:meth:`ReviewState.add_run_tile`). Nothing is dropped before the run finishes."""
+        from ...core.counting import region_contains
+
+        self.ensure_layer()
+        if df is None or not len(df):
+            return []
+        df = df[region_contains(region, df[["x", "y"]].to_numpy(float))]
+        ids = self.state.add_run_tile(df, run_ids, self._same_cell_px())
+        if ids or len(df):
+            self._changed()
+        return ids
+
+    def finish_run(self, region, run_ids: set) -> int:
+        """The run over ``region`` finished: earlier unreviewed detections it did not find again go.
+        ``region`` None = all tissue: only those on the tissue mask go."""
+        df = self.state.df
+        keep = set(run_ids)
+        if region is None and self.tissue is not None and len(df):
+            t = self.tissue
+            r = np.clip((df["y"].to_numpy(float) / t.downsample).astype(int), 0, t.mask.shape[0] - 1)
+            c = np.clip((df["x"].to_numpy(float) / t.downsample).astype(int), 0, t.mask.shape[1] - 1)
+            keep |= set(df["id"].to_numpy()[~t.mask[r, c]].tolist())  # off the tissue: not analysed, kept
+        n = self.state.finish_run(region, keep)
+        if n:
+            self._changed()
+        return n
 
     def add_region(self, region):
         """Record an analysed region (``None`` = all tissue) for the counts."""
@@ -363,10 +434,7 @@ class DetectionReview:
 
     def _zoom_to(self, field_um: float):
         """Zoom in so that about ``field_um`` shows across the canvas (never zoom out)."""
-        try:
-            w_px = max(self.viewer.window._qt_viewer.canvas.size[0], 200)
-        except Exception:  # noqa: BLE001 - headless viewer: a typical canvas
-            w_px = 800
+        w_px = max(int(self.canvas_width()) if self.canvas_width is not None else 800, 200)
         field_px = field_um / self.mpp if self.mpp else field_um * 4  # level-0 px
         zoom = w_px / (field_px * float(self.slide_layer.scale[-1]))
         if self.viewer.camera.zoom < zoom * 0.5:

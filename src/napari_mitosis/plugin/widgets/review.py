@@ -1,57 +1,64 @@
-"""The "Mitosis review" dock widget (thin: parameters, a worker, layers).
+"""The "Mitosis review" dock widget (thin: parameters, workers, layers).
 
-Four parts, top to bottom:
+Five parts, top to bottom (built in :mod:`.review_panels`):
 
 - **Slide**: name, size, pixel size (asked for, with 0.25 um/px offered, when
   the file does not say), pyramid, tissue.
-- **Analyse**: what (current view, last drawn rectangle, all tissue), which
-  steps, on which device; Run becomes Cancel while it runs. Results stream
-  into layers as tiles finish (detections as a Points layer, nuclei as
-  Labels with a translate, the heatmap as a translucent Image).
+- **Analyse**: what (current view, last drawn rectangle or polygon, all
+  tissue), which steps, on which device; Run becomes Cancel while it runs.
+  Results stream into layers as tiles finish (:mod:`.review_layers`).
 - **Review**: the review queue (next / previous unreviewed detection, by
   score or uncertain first), the class for new cells, the keys.
-- **Counts** (live, as the pathologist edits) and **Files**: where the
+- **Counts** (live, as the pathologist edits or draws) and **Files**: where the
   review autosaves, export (counts, detections CSV, QuPath GeoJSON, a
   retraining dataset) and import (CSV / GeoJSON, e.g. from QuPath).
+
+Each slide has its own :class:`~.annotations.DetectionReview` (detections,
+tissue mask, analysed regions, pixel size), saved in its review file;
+selecting another slide layer switches to its review.
+
+A run never deletes earlier results up front: each tile's detections replace
+the earlier unreviewed detections of the same cells, and only a run that
+finishes drops the earlier unreviewed detections of its region it did not
+find again. Reviewed cells are never touched by a run. So cancelling, or
+closing napari, mid-run loses nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QFrame,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ...pipeline import Progress
+from . import review_layers as show
+from .review_layers import slide_layers
+from .review_panels import (
+    DEFAULT_MPP,
+    ORDER_LABELS,
+    REGION_RECTANGLE,
+    REGION_TISSUE,
+    REGION_VIEW,
+    RUN_LABEL,
+    AnalysePanel,
+    CountsPanel,
+    FilesPanel,
+    QueuePanel,
+    SlidePanel,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE = "current view", "last drawn rectangle", "all tissue"
-RUN_LABEL = "Run"
-ORDER_LABELS = {"score": "most likely first", "uncertain": "uncertain first"}
-DEFAULT_MPP = 0.25
+__all__ = ["ReviewWidget", "slide_layers", "found_devices", "REGION_VIEW", "REGION_RECTANGLE", "REGION_TISSUE",
+           "RUN_LABEL", "ORDER_LABELS", "DEFAULT_MPP"]
 
 
-def slide_layers(viewer) -> list:
-    """Image layers that hold a slide opened by napari-mitosis."""
-    return [ly for ly in viewer.layers if ly._type_string == "image" and "slide" in ly.metadata]
+#: The count lines' names.
+COUNT_NAMES = {"mitotic_figure": "Mitotic figures", "granulocyte": "Granulocytes", "other": "Other cells"}
 
 
 def found_devices() -> str:
@@ -61,6 +68,32 @@ def found_devices() -> str:
     if torch.cuda.is_available():
         return f"CUDA: {torch.cuda.get_device_name(0)}"
     return "CPU only (no CUDA GPU found)"
+
+
+@dataclass
+class RunContext:
+    """One run: the slide layer and review it belongs to (whatever is selected meanwhile), its region
+    (``(x, y, w, h)``, a polygon, or None for all tissue), its steps and the ids of the detections it added."""
+
+    layer: object
+    review: object
+    region: object
+    steps: list
+    run_ids: set = field(default_factory=set)
+
+
+def apply_mpp(layer, review, mpp: float):
+    """Give a slide whose file does not say its pixel size the one entered (layer scale, review, markers)."""
+    slide = layer.metadata["slide"]
+    slide.mpp, slide.mpp_source = float(mpp), "user"
+    layer.scale = (mpp, mpp)
+    layer.units = ("micrometer", "micrometer")
+    layer.metadata["mpp"] = mpp
+    if review is not None:
+        review.mpp = float(mpp)
+        if review.layer is not None:
+            review.layer.scale = (mpp, mpp)
+            review.layer.units = layer.units
 
 
 class ReviewWidget(QWidget):
@@ -76,106 +109,48 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.tissue = None
+        self.worker = None  # the analysis run
+        self.export_worker = None  # the retraining export
         self.review = None  # DetectionReview of the current slide layer
-        self._reviews: dict = {}
+        self._reviews: dict = {}  # slide layer unique_id -> DetectionReview
+        self._run_ctx: RunContext | None = None
         self._cancelling = False
+        self._build()
+        self._connect()
+        self._refresh()
 
-        # -- slide
-        self.slide_label = QLabel()
-        self.slide_label.setWordWrap(True)
-        self.size_label = QLabel()
-        self.mpp_label = QLabel()
-        self.mpp_label.setWordWrap(True)
-        self.mpp_box = QDoubleSpinBox()
-        self.mpp_box.setDecimals(4)
-        self.mpp_box.setRange(0.05, 20.0)
-        self.mpp_box.setSingleStep(0.01)
-        self.mpp_box.setValue(DEFAULT_MPP)
-        self.mpp_box.setSuffix(" um/px")
-        self.mpp_box.setToolTip("The file does not say its pixel size: 0.25 um/px is a 40x scan, 0.5 a 20x scan")
-        self.mpp_apply = QPushButton("Use")
-        self.mpp_apply.clicked.connect(self._apply_mpp)
-        mpp_row = QHBoxLayout()
-        mpp_row.addWidget(self.mpp_box)
-        mpp_row.addWidget(self.mpp_apply)
-        self.mpp_edit = QWidget()
-        self.mpp_edit.setLayout(mpp_row)
-        self.levels_label = QLabel()
-        self.tissue_label = QLabel("not detected yet")
-
-        # -- analyse
-        self.region = QComboBox()
-        self.region.addItems([REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE])
-        from ...pipeline.review import STEP_NAMES, available_steps
-
-        self.step_boxes = {}
-        avail = available_steps()
-        for key, label in STEP_NAMES.items():
-            box = QCheckBox(label)
-            box.setChecked(key == "cells")
-            if avail.get(key):
-                box.setEnabled(False)
-                box.setToolTip(avail[key])
-            self.step_boxes[key] = box
-        self.nuclei_method = QComboBox()
-        self.nuclei_method.addItems(["unet", "log"])
-        self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")
-        self.stain = QComboBox()
-        self.stain.addItems(["none", "macenko", "reinhard", "neural"])
-        self.stain.setToolTip("Stain transfer before cell detection (to the training data's look)")
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
-        self.device_label = QLabel(f"found: {found_devices()}")
-        self.run_button = QPushButton(RUN_LABEL)
-        self.run_button.setToolTip("Run the chosen steps on the chosen region (Run / Cancel)")
-        self.run_button.clicked.connect(self._run)
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-
-        # -- review
-        self.order = QComboBox()
-        self.order.addItems(list(ORDER_LABELS.values()))
-        self.order.currentIndexChanged.connect(self._order_changed)
-        self.prev_button = QPushButton("◀ Previous")
-        self.next_button = QPushButton("Next ▶")
-        self.prev_button.clicked.connect(lambda: self._go(-1))
-        self.next_button.clicked.connect(lambda: self._go(1))
-        self.new_class = QComboBox()
-        from ...core.detections import CLASSES
-
-        self.new_class.addItems(list(CLASSES))
-        self.new_class.currentTextChanged.connect(self._class_changed)
-        self.review_label = QLabel("-")
-        self.types_label = QLabel("-")
-        self.types_label.setWordWrap(True)
-        self.types_label.setToolTip("Nucleus types of the last typed region (unsupervised: name them by looking)")
+    # ------------------------------------------------------------------ build
+    def _build(self):
+        from ...pipeline.review import STEP_NAMES
         from .annotations import KEY_HELP
 
-        keys = QLabel(KEY_HELP)
-        keys.setWordWrap(True)
-        keys.setStyleSheet("color: gray")
-
-        # -- counts, files
-        self.counts_label = QLabel("-")
-        self.counts_label.setWordWrap(True)
-        self.file_label = QLabel("-")
-        self.file_label.setWordWrap(True)
-        self.export_button = QPushButton("Export counts + detections…")
-        self.export_button.clicked.connect(self._export_dialog)
-        self.training_button = QPushButton("Export for retraining…")
-        self.training_button.clicked.connect(self._training_dialog)
-        self.import_button = QPushButton("Import detections…")
-        self.import_button.clicked.connect(self._import_dialog)
-        self.folder_button = QPushButton("Save review in…")
-        self.folder_button.clicked.connect(self._folder_dialog)
+        self.slide_panel = SlidePanel()
+        self.analyse_panel = AnalysePanel(STEP_NAMES, self.available_steps(), found_devices())
+        self.queue_panel = QueuePanel(KEY_HELP)
+        self.counts_panel = CountsPanel()
+        self.files_panel = FilesPanel()
+        # the controls by name, as tests and scripts reach them
+        p = self.slide_panel
+        self.slide_label, self.size_label, self.mpp_label, self.levels_label = p.slide_label, p.size_label, p.mpp_label, p.levels_label
+        self.mpp_box, self.mpp_apply, self.mpp_edit, self.tissue_label = p.mpp_box, p.mpp_apply, p.mpp_edit, p.tissue_label
+        p = self.analyse_panel
+        self.region, self.step_boxes, self.nuclei_method, self.stain = p.region, p.step_boxes, p.nuclei_method, p.stain
+        self.device, self.device_label, self.run_button = p.device, p.device_label, p.run_button
+        self.progress, self.status = p.progress, p.status
+        p = self.queue_panel
+        self.order, self.prev_button, self.next_button = p.order, p.prev_button, p.next_button
+        self.new_class, self.review_label = p.new_class, p.review_label
+        self.counts_label, self.types_label = self.counts_panel.counts_label, self.counts_panel.types_label
+        p = self.files_panel
+        self.file_label, self.folder_button, self.export_button = p.file_label, p.folder_button, p.export_button
+        self.training_button, self.import_button = p.training_button, p.import_button
 
         # the parts live in a scroll area: a short screen scrolls instead of squashing the buttons
         inner = QWidget()
         layout = QVBoxLayout(inner)
+        for panel in (self.slide_panel, self.analyse_panel, self.queue_panel, self.counts_panel, self.files_panel):
+            layout.addWidget(panel)
+        layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -183,58 +158,31 @@ class ReviewWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        box = QGroupBox("Slide")
-        form = QFormLayout(box)
-        form.addRow("Slide:", self.slide_label)
-        form.addRow("Size:", self.size_label)
-        form.addRow("Pixel size:", self.mpp_label)
-        form.addRow("", self.mpp_edit)
-        form.addRow("Pyramid:", self.levels_label)
-        form.addRow("Tissue:", self.tissue_label)
-        layout.addWidget(box)
-        box = QGroupBox("Analyse")
-        form = QFormLayout(box)
-        form.addRow("Region:", self.region)
-        for b in self.step_boxes.values():
-            form.addRow(b)
-        form.addRow("Nuclei by:", self.nuclei_method)
-        form.addRow("Stain transfer:", self.stain)
-        form.addRow("Device:", self.device)
-        form.addRow("", self.device_label)
-        form.addRow(self.run_button)
-        form.addRow(self.progress)
-        form.addRow(self.status)
-        layout.addWidget(box)
-        box = QGroupBox("Review")
-        form = QFormLayout(box)
-        form.addRow("Queue:", self.order)
-        row = QHBoxLayout()
-        row.addWidget(self.prev_button)
-        row.addWidget(self.next_button)
-        form.addRow(row)
-        form.addRow("New cells:", self.new_class)
-        form.addRow("Reviewed:", self.review_label)
-        form.addRow(keys)
-        layout.addWidget(box)
-        box = QGroupBox("Counts")
-        form = QFormLayout(box)
-        form.addRow(self.counts_label)
-        form.addRow("Nucleus types:", self.types_label)
-        layout.addWidget(box)
-        box = QGroupBox("Files")
-        form = QFormLayout(box)
-        form.addRow("Autosave:", self.file_label)
-        form.addRow(self.folder_button)
-        form.addRow(self.export_button)
-        form.addRow(self.training_button)
-        form.addRow(self.import_button)
-        layout.addWidget(box)
-        layout.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
+    def _connect(self):
+        self.mpp_apply.clicked.connect(self._apply_mpp)
+        self.run_button.clicked.connect(self._run)
+        self.order.currentIndexChanged.connect(self._order_changed)
+        self.prev_button.clicked.connect(lambda: self._go(-1))
+        self.next_button.clicked.connect(lambda: self._go(1))
+        self.new_class.currentIndexChanged.connect(self._class_changed)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.training_button.clicked.connect(self._training_dialog)
+        self.import_button.clicked.connect(self._import_dialog)
+        self.folder_button.clicked.connect(self._folder_dialog)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.selection.events.active.connect(self._refresh)
-        self._refresh()
+        for ly in self.viewer.layers:
+            self._watch_shapes(ly)
+        # partial results of a run, by kind (see pipeline.review): explicit, no name lookups
+        self._partials = {
+            "tissue": self._show_tissue,
+            "detections": self._show_detections,
+            "nuclei": self._show_nuclei,
+            "heatmap": self._show_heatmap,
+            "types": self._show_types,
+        }
 
     # ------------------------------------------------------------------ state
     @property
@@ -253,20 +201,56 @@ class ReviewWidget(QWidget):
         layer = self.slide_layer
         return None if layer is None else layer.metadata["slide"]
 
+    @property
+    def tissue(self):
+        """The tissue mask of the current slide (each slide has its own)."""
+        return None if self.review is None else self.review.tissue
+
+    def _on_inserted(self, event):
+        self._refresh()
+        if self._watch_shapes(event.value):  # drawn with data already (pasted, opened, scripted)
+            self._update_counts()
+
+    def _on_removed(self, event):
+        gone = event.value
+        ctx = self._run_ctx
+        if ctx is not None and ctx.layer.unique_id == gone.unique_id and self.worker is not None:
+            self._cancel()  # its slide is gone (or napari is closing): stop the run
+        review = self._reviews.pop(gone.unique_id, None)
+        if review is not None and review is self.review:
+            self.review = None
+        self._refresh()
+
+    def _watch_shapes(self, layer):
+        """Counts of a drawn region follow the drawing as it changes."""
+        from .regions import user_shapes_layers
+
+        if any(ly.unique_id == layer.unique_id for ly in user_shapes_layers(self.viewer)):
+            layer.events.data.connect(self._update_counts)
+            return True
+        return False
+
     def _refresh(self, event=None):
         layer, slide = self.slide_layer, self.slide
         running = self.worker is not None
-        self.run_button.setEnabled(running or (slide is not None and slide.mpp is not None))
+        exporting = self.export_worker is not None
+        self.run_button.setEnabled(running or (slide is not None and slide.mpp is not None and not exporting))
         has_review = slide is not None
-        for w in (self.prev_button, self.next_button, self.export_button, self.training_button, self.import_button,
-                  self.folder_button):
+        for w in (self.prev_button, self.next_button, self.export_button, self.import_button, self.folder_button):
             w.setEnabled(has_review and not running)
+        self.training_button.setEnabled(has_review and not running and not exporting)
         self.mpp_edit.setVisible(slide is not None and slide.mpp_source in ("unknown", "user"))
         if slide is None:
             self.slide_label.setText("open a slide (File > Open) or File > Open Sample > Synthetic H&E slide")
             for label in (self.size_label, self.mpp_label, self.levels_label):
                 label.setText("-")
+            self.tissue_label.setText("-")
             return
+        if self.review is None or self.review.slide_layer.unique_id != layer.unique_id:
+            self._open_review(layer)
+        self._show_slide_info(layer, slide)
+
+    def _show_slide_info(self, layer, slide):
         w, h = slide.dimensions
         self.slide_label.setText(layer.name)
         mm = f" ({w * slide.mpp / 1000:.1f} x {h * slide.mpp / 1000:.1f} mm)" if slide.mpp else ""
@@ -276,57 +260,64 @@ class ReviewWidget(QWidget):
             self.mpp_label.setText(f"{slide.mpp:.4g} um/px ({slide.mpp_source}{obj})")
         else:
             self.mpp_label.setText("unknown: the file does not say. Enter it below (0.25 um/px = 40x, 0.5 = 20x) to run the models")
-        self.levels_label.setText(f"{slide.level_count} levels ({slide.file_levels} in the file)")
-        if self.review is None or self.review.slide_layer.unique_id != layer.unique_id:
-            self._open_review(layer)
+        n = slide.level_count
+        self.levels_label.setText(f"{n} level{'s' if n != 1 else ''} ({slide.file_levels} in the file)")
+        self.tissue_label.setText(show.tissue_text(self.tissue))
+
+    def _canvas_width(self) -> int:
+        """The canvas width in screen pixels, from Qt (the main window less this dock), not napari's internals."""
+        win = self.window()
+        return max(win.width() - self.width(), 200) if win is not None and win is not self else 800
 
     def _open_review(self, layer):
         from .annotations import DetectionReview
 
         key = layer.unique_id
         if key not in self._reviews:
-            review = DetectionReview(self.viewer, layer, on_change=self._update_counts)
+            review = DetectionReview(self.viewer, layer, on_change=self._update_counts, canvas_width=self._canvas_width)
             self._reviews[key] = review
+            slide = layer.metadata["slide"]
+            if slide.mpp is None and review.mpp is not None:  # the pixel size entered last time
+                apply_mpp(layer, review, review.mpp)
+                review.notes.append(f"pixel size {review.mpp:g} um/px as entered before")
+            if review.tissue is not None:
+                show.show_tissue(self.viewer, layer, review.tissue)
             if len(review.state.df) or review.notes:
                 review.ensure_layer()
             if review.notes:
                 self.status.setText("; ".join(review.notes))
         self.review = self._reviews[key]
-        self.review.order = self._order_key()
+        self.review.order = self.queue_panel.order_key()
+        self.review.current_class = self.queue_panel.class_key()
         self.file_label.setText(str(self.review.path))
         self._update_counts()
 
     def _apply_mpp(self):
         """Use the pixel size typed in for a slide whose file does not say it."""
-        layer, slide = self.slide_layer, self.slide
-        if slide is None:
+        layer = self.slide_layer
+        if layer is None:
             return
-        mpp = float(self.mpp_box.value())
-        slide.mpp, slide.mpp_source = mpp, "user"
-        layer.scale = (mpp, mpp)
-        layer.units = ("micrometer", "micrometer")
-        layer.metadata["mpp"] = mpp
         review = self._reviews.get(layer.unique_id)
+        apply_mpp(layer, review, float(self.mpp_box.value()))
         if review is not None:
-            review.mpp = mpp
-            if review.layer is not None:
-                review.layer.scale = (mpp, mpp)
-                review.layer.units = layer.units
+            review.save()  # the pixel size is part of the review
         self.viewer.reset_view()
         self._refresh()
+        self._update_counts()
 
     # ---------------------------------------------------------------- running
     def _steps(self) -> list[str]:
         return [k for k, b in self.step_boxes.items() if b.isChecked() and b.isEnabled()]
 
     def _region(self, layer, slide):
-        from .regions import last_rectangle, view_region
+        """(region, all_tissue): region is ``(x, y, w, h)`` or a level-0 polygon."""
+        from .regions import last_region, view_region
 
         kind = self.region.currentText()
         if kind == REGION_VIEW:
             return view_region(layer, slide), False
         if kind == REGION_RECTANGLE:
-            return last_rectangle(self.viewer, layer), False
+            return last_region(self.viewer, layer), False
         return None, True
 
     def _run(self):
@@ -336,33 +327,40 @@ class ReviewWidget(QWidget):
         if slide is None:
             return
         try:
-            roi, all_tissue = self._region(layer, slide)
+            region, all_tissue = self._region(layer, slide)
         except ValueError as exc:
             self.status.setText(str(exc))
             return
+        from ...core.counting import region_bounds
         from ...pipeline.review import review_task
 
+        if region is not None:
+            x, y, w, h = region_bounds(region)
+            roi = (int(x), int(y), max(1, int(np.ceil(w))), max(1, int(np.ceil(h))))
+        else:
+            roi = None
+        review = self._reviews[layer.unique_id]
         steps = self._steps()
         stain = self.stain.currentText()
-        h, w = slide.shape
-        self.review.clear_region((0, 0, w, h) if all_tissue else roi)  # unreviewed model calls there are redone
-        self.review.ensure_layer()
-        self.review.layer.visible = True
-        task = review_task(slide, roi, all_tissue, self.tissue, steps, self.device.currentText(),
+        review.ensure_layer()
+        review.layer.visible = True
+        task = review_task(slide, roi, all_tissue, review.tissue, steps, self.device.currentText(),
                            None if stain == "none" else stain, self.nuclei_method.currentText())
-        self._start(task, layer, f"running {', '.join(steps) or 'nothing'} on {self.region.currentText()}...")
+        self._run_ctx = RunContext(layer, review, region, steps)
+        self._start(task, f"running {', '.join(steps) or 'nothing'} on {self.region.currentText()}...")
 
-    def _start(self, task, layer, message):
+    def _start(self, task, message):
         from napari.qt.threading import create_worker
 
         def gen():
             return (yield from task)
 
+        ctx = self._run_ctx
         worker = create_worker(gen, _start_thread=False)
-        worker.yielded.connect(lambda p: self._on_progress(p, layer))
-        worker.returned.connect(lambda result: self._on_done(result, layer))
+        worker.yielded.connect(lambda p: self._on_progress(p, ctx))
+        worker.returned.connect(lambda result: self._on_done(result, ctx))
         worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self.status.setText("cancelled; the detections found so far are kept"))
+        worker.aborted.connect(lambda: self._on_aborted(ctx))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setText("Cancel")
@@ -377,7 +375,7 @@ class ReviewWidget(QWidget):
         self.status.setText("cancelling...")
         self.worker.quit()
 
-    def _on_progress(self, p: Progress, layer):
+    def _on_progress(self, p: Progress, ctx: RunContext):
         if self._cancelling:  # progress queued before the cancel arrives late: ignore it
             return
         self.progress.setMaximum(max(p.total, 1))
@@ -385,96 +383,59 @@ class ReviewWidget(QWidget):
         self.status.setText(p.message)
         if p.partial is not None:
             kind, value = p.partial
-            getattr(self, f"_show_{kind}", lambda *a: None)(value, layer)
+            handler = self._partials.get(kind)
+            if handler is not None:
+                handler(value, ctx)
 
-    def _show_tissue(self, tissue, layer):
-        self.tissue = tissue
-        mpp = layer.scale[-1]
-        ds = tissue.downsample
-        name = f"tissue ({layer.name})"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        labels = self.viewer.add_labels(
-            tissue.mask.astype("uint8"),
-            name=name,
-            scale=(mpp * ds, mpp * ds),
-            translate=((ds - 1) / 2 * mpp, (ds - 1) / 2 * mpp),
-            opacity=0.8,
-            units=layer.units,
-        )
-        labels.contour = 1  # outline only: the tissue stays readable underneath
-        self._keep_detections_on_top()
-        area = tissue.area_mm2
-        self.tissue_label.setText(
-            f"{area:.2f} mm² ({tissue.fraction:.0%} of the slide)" if area is not None else f"{tissue.fraction:.0%} of the slide"
-        )
+    def _show_tissue(self, tissue, ctx: RunContext):
+        ctx.review.tissue = tissue
+        show.show_tissue(self.viewer, ctx.layer, tissue)
+        self._keep_detections_on_top(ctx.review)
+        if ctx.review is self.review:
+            self.tissue_label.setText(show.tissue_text(tissue))
+        ctx.review.save()
         self._update_counts()
 
-    def _show_detections(self, df, layer):
-        self.review.add_model_detections(df)
+    def _show_detections(self, df, ctx: RunContext):
+        ctx.review.add_run_tile(df, ctx.run_ids, ctx.region)
 
-    def _show_nuclei(self, result, layer):
-        from ...pipeline.nuclei import as_layer_data
+    def _show_nuclei(self, result, ctx: RunContext):
+        show.show_nuclei(self.viewer, ctx.layer, result)
+        self._keep_detections_on_top(ctx.review)
 
-        labels, table = result
-        data, kwargs, _ = as_layer_data(labels, table, name=f"nuclei ({layer.name})")
-        origin = table.attrs.get("origin", (0, 0))
-        kwargs["name"] = f"nuclei ({layer.name}) at {int(origin[0])},{int(origin[1])}"
-        if kwargs["name"] in self.viewer.layers:
-            self.viewer.layers.remove(kwargs["name"])
-        ly = self.viewer.add_labels(data, units=layer.units, **kwargs)
-        ly.contour = 1
-        self._keep_detections_on_top()
+    def _show_heatmap(self, result, ctx: RunContext):
+        show.show_heatmap(self.viewer, ctx.layer, result)
+        self._keep_detections_on_top(ctx.review)
 
-    def _show_heatmap(self, result, layer):
-        from ...pipeline.heatmap import as_layer_data
+    def _show_types(self, result, ctx: RunContext):
+        self.types_label.setText(show.show_types(self.viewer, ctx.layer, result))
+        ctx.review.set_nuclei_types(result[1])
 
-        data, kwargs, _ = as_layer_data(result)
-        kwargs["name"] = f"mitosis heatmap ({layer.name})"
-        if kwargs["name"] in self.viewer.layers:
-            self.viewer.layers.remove(kwargs["name"])
-        self.viewer.add_image(data, units=layer.units, **kwargs)
-        self._keep_detections_on_top()
+    def _keep_detections_on_top(self, review=None):
+        review = review or self.review
+        if review is not None:
+            show.keep_on_top(self.viewer, review.layer_name)
 
-    def _show_types(self, result, layer):
-        from napari.utils.colormaps import DirectLabelColormap
-
-        from ...pipeline.nuclei import as_layer_data
-        from ...pipeline.nucleus_types import labels_colormap, legend_text
-
-        labels, table = result
-        name = f"nucleus types ({layer.name})"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        data, kwargs, _ = as_layer_data(labels, table, name=name)
-        ly = self.viewer.add_labels(data, units=layer.units, **kwargs)
-        ly.colormap = DirectLabelColormap(color_dict=labels_colormap(table))
-        self.review.set_nuclei_types(table)
-        self.types_label.setText(legend_text(table))
-
-    def _keep_detections_on_top(self):
-        r = self.review
-        if r is not None and r.layer_name in self.viewer.layers:
-            layer = self.viewer.layers[r.layer_name]
-            names = [ly.name for ly in self.viewer.layers]
-            self.viewer.layers.move(names.index(r.layer_name), len(names))
-            self.viewer.layers.selection.active = layer
-
-    def _on_done(self, result, layer):
-        if result.get("tissue") is not None and self.tissue is None:
-            self._show_tissue(result["tissue"], layer)
-        self.review.add_region(result.get("region"))
+    def _on_done(self, result, ctx: RunContext):
+        if result.get("tissue") is not None and ctx.review.tissue is None:
+            self._show_tissue(result["tissue"], ctx)
         det = result.get("cells")
         msg = []
         if det is not None:
-            msg.append(f"{len(det):,} detections")
-            if det.attrs.get("partial"):
+            if det.attrs.get("partial"):  # tiles failed: their earlier detections are kept
                 msg.append(f"PARTIAL: {det.attrs['partial']}")
+            else:
+                ctx.review.finish_run(ctx.region, ctx.run_ids)
+            ctx.review.add_region(ctx.region)
+            msg.insert(0, f"{len(det):,} detections")
         if "nuclei" in result:
             msg.append(f"{len(result['nuclei'][1]):,} nuclei")
         self.status.setText("done: " + ", ".join(msg) if msg else "done")
-        self._keep_detections_on_top()
+        self._keep_detections_on_top(ctx.review)
         self._update_counts()
+
+    def _on_aborted(self, ctx: RunContext):
+        self.status.setText(f"cancelled; earlier detections are kept, with the {len(ctx.run_ids):,} found in this run")
 
     def _on_error(self, exc):
         self.status.setText(f"failed: {exc}")
@@ -483,20 +444,18 @@ class ReviewWidget(QWidget):
         self.run_button.setText(RUN_LABEL)
         self._cancelling = False
         self.worker = None
+        self._run_ctx = None
         self.progress.setVisible(False)
         self._refresh()
 
     # ----------------------------------------------------------------- review
-    def _order_key(self) -> str:
-        return {v: k for k, v in ORDER_LABELS.items()}[self.order.currentText()]
-
     def _order_changed(self, *_):
         if self.review is not None:
-            self.review.order = self._order_key()
+            self.review.order = self.queue_panel.order_key()
 
-    def _class_changed(self, cls):
+    def _class_changed(self, *_):
         if self.review is not None:
-            self.review.current_class = cls
+            self.review.current_class = self.queue_panel.class_key()
             self.review.refresh()
 
     def _go(self, step):
@@ -507,38 +466,44 @@ class ReviewWidget(QWidget):
             self.status.setText("nothing left to review")
         self.viewer.layers.selection.active = self.review.layer
 
+    def drawn_region(self):
+        """The last drawn rectangle or polygon (level-0), or None."""
+        from .regions import last_region
+
+        try:
+            return last_region(self.viewer, self.review.slide_layer)
+        except ValueError:
+            return None
+
     def counts(self):
-        """The counts shown: ``(rows, hotspot, tissue_mm2, region_rows)`` (see core.counting.review_counts)."""
-        from ...core.counting import review_counts
+        """The counts shown: ``(rows, hotspot, tissue_mm2, region_rows)`` (see core.counting.review_counts);
+        ``region_rows`` = ``(region, rows)`` of the cells inside the last drawn shape, or None."""
+        from ...core.counting import region_contains, review_counts
 
         r = self.review
         df = r.state.df
-        tissue = self.tissue
-        regions = r.regions or [None]
+        tissue = r.tissue
+        xy = df[["x", "y"]].to_numpy(float)
         mask, ds = (tissue.mask, tissue.downsample) if tissue is not None else (None, 1.0)
-        rows, hotspot, area = review_counts(df[["x", "y"]].to_numpy(), df["class"], mask, ds, r.mpp, regions)
+        rows, hotspot, area = review_counts(xy, df["class"], mask, ds, r.mpp, r.regions or [None])
+        r.hotspot = hotspot
         region_rows = None
-        try:
-            from .regions import last_rectangle
-
-            rect = last_rectangle(self.viewer, r.slide_layer)
-            region_rows = review_counts(df[["x", "y"]].to_numpy(), df["class"], mask, ds, r.mpp, [rect])[0]
-            region_rows = (rect, region_rows)
-        except ValueError:
-            pass
+        region = self.drawn_region()
+        if region is not None:
+            inside = region_contains(region, xy)
+            region_rows = (region, review_counts(xy[inside], df["class"][inside], mask, ds, r.mpp, [region])[0])
         return rows, hotspot, area, region_rows
 
-    def _update_counts(self):
+    def _update_counts(self, *_):
         r = self.review
         if r is None:
             return
         done, total = r.state.progress()
         self.review_label.setText(f"{done:,} of {total:,} detections reviewed")
         rows, hotspot, area, region = self.counts()
-        names = {"mitotic_figure": "Mitotic figures", "granulocyte": "Granulocytes"}
         lines = []
         for row in rows:
-            line = f"<b>{names[row['class']]}</b>: {row['count']:,}"
+            line = f"<b>{COUNT_NAMES.get(row['class'], row['class'])}</b>: {row['count']:,}"
             if np.isfinite(row["per_mm2"]):
                 line += f" · {row['per_mm2']:.2f}/mm² · {row['per_2.37mm2']:.1f} per 2.37 mm²"
             if "hotspot_count" in row:
@@ -550,34 +515,18 @@ class ReviewWidget(QWidget):
             lines.append(f"hotspot (2.37 mm²{', clipped to the tissue' if hotspot.clipped else ''}): "
                          f"{hotspot.count} mitotic figures at x={hotspot.x:,.0f}, y={hotspot.y:,.0f} px")
         if region is not None:
-            (_x, _y, w, h), rr = region
+            shape, rr = region
             mf = rr[0]
-            lines.append(f"drawn region ({w:,} x {h:,} px): {mf['count']} mitotic figures"
+            from ...core.counting import is_polygon, region_bounds
+
+            _x, _y, w, h = region_bounds(shape)
+            what = "polygon" if is_polygon(shape) else "rectangle"
+            lines.append(f"drawn {what} ({w:,.0f} x {h:,.0f} px): {mf['count']} mitotic figures"
                          + (f" = {mf['per_2.37mm2']:.1f} per 2.37 mm²" if np.isfinite(mf["per_2.37mm2"]) else ""))
         self.counts_label.setText("<br>".join(lines))
-        self._show_hotspot(hotspot)
-
-    def _show_hotspot(self, hotspot):
-        r = self.review
-        name = f"hotspot ({r.slide_layer.name})"
-        if hotspot is None or hotspot.count == 0:
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = []
-            return
-        rect = np.array([[hotspot.y, hotspot.x], [hotspot.y, hotspot.x + hotspot.width],
-                         [hotspot.y + hotspot.height, hotspot.x + hotspot.width], [hotspot.y + hotspot.height, hotspot.x]])
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = [rect]
-            return
-        active = self.viewer.layers.selection.active
-        self.viewer.add_shapes(
-            [rect], shape_type="rectangle", name=name, edge_color="yellow", face_color="transparent",
-            edge_width=max(hotspot.width / 300, 2), scale=tuple(r.slide_layer.scale[-2:]), units=r.slide_layer.units,
-            metadata={"napari_mitosis": "hotspot"},
-        )
-        self._keep_detections_on_top()
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        new = show.hotspot_name(r.slide_layer) not in self.viewer.layers
+        if show.show_hotspot(self.viewer, r.slide_layer, hotspot) is not None and new:
+            show.keep_on_top(self.viewer, r.layer_name, select=False)
 
     # ------------------------------------------------------------------ files
     def export(self, folder) -> dict:
@@ -598,14 +547,32 @@ class ReviewWidget(QWidget):
         return paths
 
     def export_training(self, folder):
-        """Write a retraining dataset (crops + cells.csv) of the reviewed cells into ``folder``."""
+        """Write a retraining dataset (crops + cells.csv) of the reviewed cells into ``folder``, in a
+        thread worker (the crops are read from the slide); returns the worker (started)."""
+        from napari.qt.threading import create_worker
+
         from ...pipeline.export import training_export_task
-        from ...pipeline.progress import run
 
         r = self.review
-        path = run(training_export_task(r.slide, r.state.df, r.state.rejected, folder, mpp=r.mpp))
-        self.status.setText(f"retraining dataset written: {path}")
-        return path
+        task = training_export_task(r.slide, r.state.df.copy(), r.state.rejected.copy(), folder, mpp=r.mpp)
+
+        def gen():
+            return (yield from task)
+
+        worker = create_worker(gen, _start_thread=False)
+        worker.yielded.connect(lambda p: self.status.setText(p.message))
+        worker.returned.connect(lambda path: self.status.setText(f"retraining dataset written: {path}"))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_export_finished)
+        self.export_worker = worker
+        self._refresh()
+        self.status.setText(f"writing the retraining dataset to {folder}...")
+        worker.start()
+        return worker
+
+    def _on_export_finished(self):
+        self.export_worker = None
+        self._refresh()
 
     def import_detections(self, path) -> int:
         from ...io.detections import read_detections

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 from ...pipeline import Progress
 from ...pipeline.stain import fit_slide_task
 from .regions import last_rectangle
-from .review import slide_layers
+from .review_layers import slide_layers
 
 REF_FILE, REF_RECTANGLE, REF_SHIPPED = "image file", "rectangle on the slide", "shipped style (neural)"
 

@@ -1,0 +1,180 @@
+"""The parts of the "Mitosis review" widget, each a group box that only builds its controls.
+
+The :class:`~napari_mitosis.plugin.widgets.review.ReviewWidget` wires them to
+the viewer; nothing here knows about slides or workers.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE = "current view", "last drawn shape", "all tissue"
+RUN_LABEL = "Run"
+ORDER_LABELS = {"score": "most likely first", "uncertain": "uncertain first"}
+DEFAULT_MPP = 0.25
+#: What a pathologist reads for each class (the files keep the short names).
+CLASS_LABELS = {"mitotic_figure": "Mitotic figure", "granulocyte": "Granulocyte", "other": "Other (look-alike)"}
+
+
+def _wrapping(text: str = "-") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+class SlidePanel(QGroupBox):
+    """Name, size, pixel size (asked for when the file does not say it), pyramid, tissue."""
+
+    def __init__(self):
+        super().__init__("Slide")
+        self.slide_label = _wrapping()
+        self.size_label = _wrapping()
+        self.mpp_label = _wrapping()
+        self.mpp_box = QDoubleSpinBox()
+        self.mpp_box.setDecimals(4)
+        self.mpp_box.setRange(0.05, 20.0)
+        self.mpp_box.setSingleStep(0.01)
+        self.mpp_box.setValue(DEFAULT_MPP)
+        self.mpp_box.setSuffix(" um/px")
+        self.mpp_box.setToolTip("The file does not say its pixel size: 0.25 um/px is a 40x scan, 0.5 a 20x scan")
+        self.mpp_apply = QPushButton("Use")
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.mpp_box)
+        row.addWidget(self.mpp_apply)
+        self.mpp_edit = QWidget()
+        self.mpp_edit.setLayout(row)
+        self.levels_label = _wrapping()
+        self.tissue_label = _wrapping("not detected yet")
+        form = QFormLayout(self)
+        form.addRow("Slide:", self.slide_label)
+        form.addRow("Size:", self.size_label)
+        form.addRow("Pixel size:", self.mpp_label)
+        form.addRow("", self.mpp_edit)
+        form.addRow("Pyramid:", self.levels_label)
+        form.addRow("Tissue:", self.tissue_label)
+
+
+class AnalysePanel(QGroupBox):
+    """What to analyse (region, steps, device) and Run / Cancel with its progress.
+
+    :attr:`operating_point` is the place for the detector's sensitivity
+    control (operating point: screening / balanced / custom threshold); it is
+    empty until the detection code adds its widget there
+    (``panel.operating_point.addWidget(...)``).
+    """
+
+    def __init__(self, step_names: dict, unavailable: dict, devices_found: str):
+        super().__init__("Analyse")
+        self.region = QComboBox()
+        self.region.addItems([REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE])
+        self.region.setToolTip("A drawn rectangle or polygon (Shapes layer) is analysed inside its outline")
+        self.step_boxes = {}
+        for key, label in step_names.items():
+            box = QCheckBox(label)
+            box.setChecked(key == "cells")
+            if unavailable.get(key):
+                box.setEnabled(False)
+                box.setToolTip(unavailable[key])
+            self.step_boxes[key] = box
+        self.operating_point = QVBoxLayout()  # the detector's sensitivity control goes here
+        self.operating_point.setContentsMargins(0, 0, 0, 0)
+        self.nuclei_method = QComboBox()
+        self.nuclei_method.addItems(["unet", "log"])
+        self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")
+        self.stain = QComboBox()
+        self.stain.addItems(["none", "macenko", "reinhard", "neural"])
+        self.stain.setToolTip("Stain transfer before cell detection (to the training data's look)")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device_label = _wrapping(f"found: {devices_found}")
+        self.run_button = QPushButton(RUN_LABEL)
+        self.run_button.setToolTip("Run the chosen steps on the chosen region (Run / Cancel)")
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.status = _wrapping("")
+        form = QFormLayout(self)
+        form.addRow("Region:", self.region)
+        for b in self.step_boxes.values():
+            form.addRow(b)
+        form.addRow(self.operating_point)
+        form.addRow("Nuclei by:", self.nuclei_method)
+        form.addRow("Stain transfer:", self.stain)
+        form.addRow("Device:", self.device)
+        form.addRow("", self.device_label)
+        form.addRow(self.run_button)
+        form.addRow(self.progress)
+        form.addRow(self.status)
+
+
+class QueuePanel(QGroupBox):
+    """The review queue (previous / next unreviewed, ordered by score), the class for new cells, the keys."""
+
+    def __init__(self, key_help: str):
+        super().__init__("Review")
+        self.order = QComboBox()
+        self.order.addItems(list(ORDER_LABELS.values()))
+        self.prev_button = QPushButton("◀ Previous")
+        self.next_button = QPushButton("Next ▶")
+        self.new_class = QComboBox()
+        for key, label in CLASS_LABELS.items():
+            self.new_class.addItem(label, key)
+        self.review_label = _wrapping()
+        keys = _wrapping(key_help)
+        keys.setStyleSheet("color: gray")
+        form = QFormLayout(self)
+        form.addRow("Queue:", self.order)
+        row = QHBoxLayout()
+        row.addWidget(self.prev_button)
+        row.addWidget(self.next_button)
+        form.addRow(row)
+        form.addRow("New cells:", self.new_class)
+        form.addRow("Reviewed:", self.review_label)
+        form.addRow(keys)
+
+    def order_key(self) -> str:
+        return {v: k for k, v in ORDER_LABELS.items()}[self.order.currentText()]
+
+    def class_key(self) -> str:
+        return self.new_class.currentData()
+
+
+class CountsPanel(QGroupBox):
+    """The live counts and the nucleus-type legend."""
+
+    def __init__(self):
+        super().__init__("Counts")
+        self.counts_label = _wrapping()
+        self.types_label = _wrapping()
+        self.types_label.setToolTip("Nucleus types of the last typed region (unsupervised: name them by looking)")
+        form = QFormLayout(self)
+        form.addRow(self.counts_label)
+        form.addRow("Nucleus types:", self.types_label)
+
+
+class FilesPanel(QGroupBox):
+    """Where the review autosaves; export and import."""
+
+    def __init__(self):
+        super().__init__("Files")
+        self.file_label = _wrapping()
+        self.folder_button = QPushButton("Save review in…")
+        self.export_button = QPushButton("Export counts + detections…")
+        self.training_button = QPushButton("Export for retraining…")
+        self.import_button = QPushButton("Import detections…")
+        form = QFormLayout(self)
+        form.addRow("Autosave:", self.file_label)
+        for b in (self.folder_button, self.export_button, self.training_button, self.import_button):
+            form.addRow(b)
