@@ -43,5 +43,7 @@ def write_export(folder, cells: pd.DataFrame, images: dict | None = None) -> Pat
             raise CellDataError(str(exc)) from None
         imsave(out, rgb, check_contrast=False)
     cols = [c for c in ["image", "x", "y", "class", "status", "mpp", "source", "group"] if c in cells.columns]
-    cells[cols].to_csv(folder / EXPORT_TABLE, index=False)
+    from .detections import safe_csv_text
+
+    (folder / EXPORT_TABLE).write_text(safe_csv_text(cells[cols]))
     return folder / EXPORT_TABLE

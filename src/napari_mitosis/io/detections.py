@@ -59,8 +59,13 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a file that is replaced keeps its permissions; a new one gets those of the umask
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, mode)  # mkstemp makes it 0600: colleagues on a shared folder could not read it
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -75,12 +80,89 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return path
 
 
+_UMASK_LOCK = __import__("threading").Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (``/proc``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path, text: str) -> Path:
     """:func:`atomic_write_bytes` for text (UTF-8)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # -- CSV ------------------------------------------------------------------------------------
+
+#: A text cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...), +cmd|...).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def escape_cell(value):
+    """``value`` made safe for a spreadsheet: text that starts with ``=``, ``+``, ``-``, ``@``
+    (or a tab or carriage return) and is not a number gets a leading ``'`` (OWASP's advice
+    against CSV/formula injection); carriage returns become line feeds (which pandas quotes);
+    anything else is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    if "\r" in value:  # written unquoted, a bare CR starts a new row for some readers: make it \n (quoted)
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+    if value.startswith(FORMULA_START) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value):
+    """The inverse of :func:`escape_cell` (for reading our own CSV files back)."""
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1:].startswith(FORMULA_START) \
+            and not _is_number(value[1:]):
+        return value[1:]
+    return value
+
+
+def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose text cells (and column names) are :func:`escape_cell`-ed."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(escape_cell)
+    out.columns = [escape_cell(c) for c in out.columns]
+    return out
+
+
+def unescape_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of :func:`escape_formulas`."""
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
+            df[col] = df[col].map(unescape_cell)
+    df.columns = [unescape_cell(c) for c in df.columns]
+    return df
+
+
+def safe_csv_text(df: pd.DataFrame, **kwargs) -> str:
+    """``df.to_csv(**kwargs)`` (default ``index=False``) with formulas escaped: every CSV the
+    package writes for people goes through this."""
+    kwargs.setdefault("index", False)
+    return escape_formulas(df).to_csv(**kwargs)
 
 def _mpp(df, mpp):
     mpp = df.attrs.get("mpp") if mpp is None else mpp
@@ -92,7 +174,7 @@ def to_csv_text(df, mpp: float | None = None) -> str:
     df = check_detections(df)
     out = df.copy()
     out["mpp"] = _mpp(df, mpp)
-    return out.to_csv(index=False, float_format="%.6g")
+    return safe_csv_text(out, float_format="%.6g")
 
 
 def write_csv(df, path, mpp: float | None = None) -> Path:
@@ -111,6 +193,7 @@ def read_csv(path) -> pd.DataFrame:
         raise DetectionsError(f"{path}: the file is empty; expected a CSV with columns x, y, class") from None
     except Exception as exc:
         raise DetectionsError(f"{path}: cannot be read as CSV ({type(exc).__name__}: {exc})") from None
+    raw = unescape_formulas(raw)
     mpp = None
     if "mpp" in raw.columns:
         vals = pd.to_numeric(raw.pop("mpp"), errors="coerce").dropna()

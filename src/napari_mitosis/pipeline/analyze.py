@@ -41,6 +41,7 @@ from ..errors import NapariMitosisError
 from ..io.detections import (
     atomic_write_bytes,
     atomic_write_text,
+    safe_csv_text,
     write_csv,
     write_geojson,
 )
@@ -318,10 +319,10 @@ def analyze_slide_task(path, out_dir, mpp: float | None = None, roi=None, runner
     table.attrs["mpp"] = slide_mpp
     write_csv(table, out / "detections.csv")
     write_geojson(table, out / "detections.geojson", slide=Path(path).name)
-    atomic_write_text(out / "counts.csv", counts.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "counts.csv", safe_csv_text(counts, float_format="%.6g"))
     if failed:
-        atomic_write_text(out / "failed_tiles.csv", pd.DataFrame(
-            [{"x": t[0], "y": t[1], "w": t[2], "h": t[3], "error": m} for t, m in failed]).to_csv(index=False))
+        atomic_write_text(out / "failed_tiles.csv", safe_csv_text(pd.DataFrame(
+            [{"x": t[0], "y": t[1], "w": t[2], "h": t[3], "error": m} for t, m in failed])))
     elif (out / "failed_tiles.csv").exists():
         (out / "failed_tiles.csv").unlink()
     yield Progress(1, 1, "drawing the overview")
@@ -454,7 +455,7 @@ def _folder_names(paths):
 
 def _write_summary(out: Path, rows):
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    atomic_write_text(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "summary.csv", safe_csv_text(df, float_format="%.6g"))
 
 
 __all__ = [

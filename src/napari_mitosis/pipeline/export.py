@@ -47,13 +47,13 @@ def counts_frame(rows, hotspot=None, mpp=None, slide: str | None = None) -> pd.D
 
 def write_review_files(folder, detections: pd.DataFrame, rows, hotspot, tissue_mm2, mpp, slide: str) -> dict:
     """Write ``counts.csv``, ``detections.csv`` and ``detections.geojson`` (atomically) into ``folder``."""
-    from ..io.detections import atomic_write_text, write_csv, write_geojson
+    from ..io.detections import atomic_write_text, safe_csv_text, write_csv, write_geojson
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     counts = counts_frame(rows, hotspot, mpp, slide)
     paths = {
-        "counts": atomic_write_text(folder / "counts.csv", counts.to_csv(index=False, float_format="%.6g")),
+        "counts": atomic_write_text(folder / "counts.csv", safe_csv_text(counts, float_format="%.6g")),
         "detections": write_csv(detections, folder / "detections.csv", mpp=mpp),
         "geojson": write_geojson(detections, folder / "detections.geojson", mpp=mpp, slide=slide),
     }
