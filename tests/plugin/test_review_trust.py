@@ -166,3 +166,47 @@ def test_reopening_keeps_the_tissue_mask_hotspot_and_entered_pixel_size(make_nap
     assert area2 == pytest.approx(area) and hotspot2 == hotspot
     counts = pd.read_csv(widget2.export(tmp_path / "out")["counts"])
     assert counts["hotspot_count"].notna().all()
+
+
+def test_import_refuses_non_finite_and_off_slide_points_and_never_duplicates(make_napari_viewer, tmp_path):
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    bad = tmp_path / "inf.csv"
+    bad.write_text("x,y,class\n10,10,mitotic_figure\ninf,20,mitotic_figure\n")
+    assert widget._guard(widget.import_detections, bad) is None
+    assert "finite" in widget.status.text() and len(widget.review.state.df) == 0
+    off = tmp_path / "off.csv"
+    off.write_text("x,y,class\n10,10,mitotic_figure\n50000,20,mitotic_figure\n")
+    assert widget._guard(widget.import_detections, off) is None
+    assert "outside this slide" in widget.status.text() and len(widget.review.state.df) == 0
+    good = tmp_path / "good.csv"
+    good.write_text("x,y,class\n10,10,mitotic_figure\n300,200,granulocyte\n")
+    assert widget.import_detections(good) == 2
+    assert widget.import_detections(good) == 0  # the same file again: nothing new
+    assert len(widget.review.state.df) == 2 and "already in the review" in widget.status.text()
+
+
+def test_a_failed_autosave_is_shown_and_retried(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_mitosis.io import sidecar
+    from napari_mitosis.plugin.widgets import review as review_module
+
+    monkeypatch.setattr(review_module, "SAVE_RETRY_S", 1)
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    real = sidecar.save_review
+
+    def broken(*a, **k):
+        raise ValueError("Out of range float values are not JSON compliant")
+
+    monkeypatch.setattr(sidecar, "save_review", broken)
+    widget.review.add_model_detections(pd.DataFrame({"x": [10.0], "y": [10.0], "class": ["mitotic_figure"],
+                                                     "score": [0.9]}))  # no exception into napari
+    assert "NOT SAVED" in widget.file_label.text()
+    monkeypatch.setattr(sidecar, "save_review", real)
+    qtbot.waitUntil(lambda: "NOT SAVED" not in widget.file_label.text(), timeout=5_000)
+    saved = json.loads((slide_path.parent / (slide_path.name + ".mitosis.json")).read_text())
+    assert len(saved["detections"]) == 1

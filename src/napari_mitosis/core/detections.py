@@ -87,9 +87,9 @@ def check_detections(df, name: str = "detections") -> pd.DataFrame:
         raise DetectionsError(f"{name}: needs columns x and y (level-0 pixels); it has {list(out.columns)}")
     out = out.rename(columns={lower[c]: c for c in COLUMNS if c in lower})
     xy = out[["x", "y"]].apply(pd.to_numeric, errors="coerce")
-    bad = xy.isna().any(axis=1).to_numpy()
+    bad = ~np.isfinite(xy.to_numpy(float)).all(axis=1)  # NaN, text, and inf too (a file cannot be saved with it)
     if bad.any():
-        raise DetectionsError(f"{name}: row {int(np.argmax(bad)) + 1} has an x/y that is not a number")
+        raise DetectionsError(f"{name}: row {int(np.argmax(bad)) + 1} has an x/y that is not a finite number")
     out[["x", "y"]] = xy.astype(float)
     out["class"] = [class_name(c) for c in out["class"]] if "class" in out else "mitotic_figure"
     out["score"] = pd.to_numeric(out["score"], errors="coerce").astype(float) if "score" in out else np.nan

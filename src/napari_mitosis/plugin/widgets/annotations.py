@@ -79,6 +79,7 @@ class DetectionReview:
         self.hotspot = None  # the last Hotspot counted (saved for the record; recomputed from the cells)
         self.saved_mpp: float | None = None  # the pixel size the file was saved with
         self.canvas_width = canvas_width
+        self.save_error: str | None = None  # why the last autosave failed (None: saved)
         self._syncing = False
         self._focus: int | None = None
         self.identity = sidecar.slide_identity(self.slide)
@@ -159,6 +160,17 @@ class DetectionReview:
             self.path = fallback
             return sidecar.save_review(self.path, self.state, self.identity, extra)
 
+    def try_save(self) -> bool:
+        """Save; on failure keep the reason in :attr:`save_error` (shown by the widget, which retries)
+        instead of raising into napari's event handlers. True when saved."""
+        try:
+            self.save()
+        except (OSError, ValueError) as exc:
+            self.save_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.save_error = None
+        return True
+
     def move_file(self, folder) -> Path:
         """Save the review into another folder from now on."""
         self.path = sidecar.sidecar_path(self.slide.path, self.identity, folder)
@@ -166,7 +178,7 @@ class DetectionReview:
 
     def _changed(self, save: bool = True):
         if save:
-            self.save()
+            self.try_save()
         self.refresh()
         if self.on_change is not None:
             self.on_change()
@@ -400,9 +412,36 @@ class DetectionReview:
         self.nuclei_types = new
         self._changed()
 
-    def import_detections(self, df) -> int:
-        """Add detections read from a file (their status kept); returns how many."""
+    def check_import(self, df, name: str = "the file"):
+        """Refuse detections that cannot be on this slide (ValueError naming the first one): outside
+        the slide in level-0 pixels (another slide's file, or other units)."""
+        from ...core.detections import check_detections
+
+        df = check_detections(df, name)
+        h, w = self.slide.shape
+        x, y = df["x"].to_numpy(float), df["y"].to_numpy(float)
+        off = (x < 0) | (x >= w) | (y < 0) | (y >= h)
+        if off.any():
+            i = int(np.argmax(off))
+            raise ValueError(f"{name}: {int(off.sum()):,} of {len(df):,} detections lie outside this slide "
+                             f"({w:,} x {h:,} px), e.g. row {i + 1} at x={x[i]:,.0f}, y={y[i]:,.0f}: is it of another "
+                             "slide, or not in level-0 pixels? Nothing was imported")
+        return df
+
+    def import_detections(self, df, name: str = "the file") -> int:
+        """Add detections read from a file (their status kept); returns how many were new.
+
+        Refused as a whole (ValueError) when a coordinate is not a finite number or lies off the
+        slide; a cell already in the review at the same place (within 1 px) is not added again,
+        so importing a file twice does not duplicate it.
+        """
+        from ...core.review import near
+
+        df = self.check_import(df, name)
+        df = df[~near(df[["x", "y"]].to_numpy(float), self.state.df[["x", "y"]].to_numpy(float), 1.0)]
         self.ensure_layer()
+        if not len(df):
+            return 0
         ids = self.state.load(df)
         self._changed()
         return len(ids)

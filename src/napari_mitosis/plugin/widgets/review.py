@@ -57,6 +57,8 @@ __all__ = ["ReviewWidget", "slide_layers", "found_devices", "REGION_VIEW", "REGI
            "RUN_LABEL", "ORDER_LABELS", "DEFAULT_MPP"]
 
 
+#: A failed autosave is tried again after this many seconds (and on every edit).
+SAVE_RETRY_S = 5
 #: The count lines' names.
 COUNT_NAMES = {"mitotic_figure": "Mitotic figures", "granulocyte": "Granulocytes", "other": "Other cells"}
 
@@ -114,6 +116,11 @@ class ReviewWidget(QWidget):
         self.review = None  # DetectionReview of the current slide layer
         self._reviews: dict = {}  # slide layer unique_id -> DetectionReview
         self._run_ctx: RunContext | None = None
+        from qtpy.QtCore import QTimer
+
+        self._save_retry = QTimer(self)
+        self._save_retry.setSingleShot(True)
+        self._save_retry.timeout.connect(self._retry_save)
         self._cancelling = False
         self._build()
         self._connect()
@@ -498,6 +505,7 @@ class ReviewWidget(QWidget):
         r = self.review
         if r is None:
             return
+        self._show_save_state(r)
         done, total = r.state.progress()
         self.review_label.setText(f"{done:,} of {total:,} detections reviewed")
         rows, hotspot, area, region = self.counts()
@@ -529,6 +537,25 @@ class ReviewWidget(QWidget):
             show.keep_on_top(self.viewer, r.layer_name, select=False)
 
     # ------------------------------------------------------------------ files
+    def _show_save_state(self, review):
+        """The autosave path, or in red why it failed (and a retry in a few seconds)."""
+        if review.save_error is None:
+            self.file_label.setStyleSheet("")
+            self.file_label.setText(str(review.path))
+            return
+        self.file_label.setStyleSheet("color: #e05050")
+        self.file_label.setText(f"NOT SAVED ({review.save_error}); retrying every {SAVE_RETRY_S} s. Edits are in "
+                                f"memory only: fix the problem or use 'Save review in…' ({review.path})")
+        if not self._save_retry.isActive():
+            self._save_retry.start(SAVE_RETRY_S * 1000)
+
+    def _retry_save(self):
+        review = self.review
+        for r in self._reviews.values():
+            if r.save_error is not None:
+                r.try_save()
+        if review is not None:
+            self._show_save_state(review)
     def export(self, folder) -> dict:
         """Write ``counts.csv``, ``detections.csv``, ``detections.geojson`` (and ``nuclei_types.csv``
         when nuclei were typed) into ``folder``."""
@@ -578,8 +605,10 @@ class ReviewWidget(QWidget):
         from ...io.detections import read_detections
 
         df = read_detections(path)
-        n = self.review.import_detections(df)
-        self.status.setText(f"imported {n:,} detections from {Path(path).name}")
+        n = self.review.import_detections(df, Path(path).name)
+        skipped = len(df) - n
+        self.status.setText(f"imported {n:,} detections from {Path(path).name}"
+                            + (f" ({skipped:,} already in the review)" if skipped else ""))
         self._keep_detections_on_top()
         return n
 
