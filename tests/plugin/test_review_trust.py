@@ -210,3 +210,41 @@ def test_a_failed_autosave_is_shown_and_retried(make_napari_viewer, qtbot, tmp_p
     qtbot.waitUntil(lambda: "NOT SAVED" not in widget.file_label.text(), timeout=5_000)
     saved = json.loads((slide_path.parent / (slide_path.name + ".mitosis.json")).read_text())
     assert len(saved["detections"]) == 1
+
+
+def test_the_newest_review_of_this_slide_is_loaded_wherever_it_is(make_napari_viewer, tmp_path):
+    import os
+
+    from napari_mitosis.io import sidecar
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    _earlier(widget)
+    beside = widget.review.path
+    assert beside.parent == slide_path.parent
+    ident = widget.review.identity
+    viewer.close()
+    # later edits went to the fallback folder (the slide folder was read-only then): that one is newer
+    newer = sidecar.fallback_folder() / f"{slide_path.name}.{ident['fingerprint']}{sidecar.SUFFIX}"
+    newer.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(beside.read_text())
+    doc["detections"] = doc["detections"][:2]
+    newer.write_text(json.dumps(doc))
+    old = beside.stat().st_mtime - 100
+    os.utime(beside, (old, old))
+    os.utime(beside.with_name(beside.name + ".bak"), (old, old))
+    viewer2 = make_napari_viewer()
+    widget2 = ReviewWidget(viewer2)
+    _open(viewer2, slide_path)
+    assert widget2.review.path == newer and len(widget2.review.state.df) == 2
+    assert sidecar.find_sidecar(slide_path, ident) == newer
+    # another slide's file beside it is passed over; this slide's fingerprinted file is found
+    other = {"format": "napari-mitosis-review", "version": 1, "detections": [],
+             "slide": {"name": "x.svs", "width": 10, "height": 10, "fingerprint": "zz"}}
+    beside.write_text(json.dumps(other))
+    newer.unlink()
+    fingerprinted = slide_path.parent / f"{slide_path.name}.{ident['fingerprint']}{sidecar.SUFFIX}"
+    fingerprinted.write_text(json.dumps(doc))
+    assert sidecar.find_sidecar(slide_path, ident) == fingerprinted

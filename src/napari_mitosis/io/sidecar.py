@@ -130,18 +130,45 @@ def sidecar_path(slide_path, identity: dict | None = None, folder=None) -> Path:
     return fallback_folder() / f"{slide_path.name}.{fp}{SUFFIX}"
 
 
+def _belongs(path: Path, identity: dict | None) -> bool:
+    """Whether an annotation file (or its backup) may be the slide's: it says so, or it cannot be
+    read (then :func:`load_review` deals with it: moved aside, backup used)."""
+    if identity is None:
+        return True
+    for p in (path, path.with_name(path.name + ".bak")):
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if isinstance(doc, dict):
+            return same_slide(doc.get("slide") if isinstance(doc.get("slide"), dict) else {}, identity)[0]
+    return True
+
+
+def _mtime(path: Path) -> float:
+    times = [p.stat().st_mtime for p in (path, path.with_name(path.name + ".bak")) if p.exists()]
+    return max(times) if times else float("-inf")
+
+
 def find_sidecar(slide_path, identity: dict | None = None, folder=None) -> Path | None:
-    """An existing annotation file of the slide (chosen folder, beside the slide, fallback), or None."""
+    """The newest existing annotation file of the slide, or None.
+
+    Looked for in the chosen folder, beside the slide (plain and fingerprinted name: the name used
+    when another slide's file sits there) and in the fallback folder (where edits go when the slide
+    folder is read-only); files of another slide are passed over.
+    """
     slide_path = Path(slide_path)
     fp = (identity or {}).get("fingerprint") or "nofp"
     candidates = []
     if folder is not None:
         candidates.append(Path(folder) / (slide_path.name + SUFFIX))
-    candidates += [slide_path.parent / (slide_path.name + SUFFIX), fallback_folder() / f"{slide_path.name}.{fp}{SUFFIX}"]
-    for c in candidates:
-        if c.exists() or c.with_name(c.name + ".bak").exists():
-            return c
-    return None
+    candidates += [slide_path.parent / (slide_path.name + SUFFIX), slide_path.parent / f"{slide_path.name}.{fp}{SUFFIX}",
+                   fallback_folder() / f"{slide_path.name}.{fp}{SUFFIX}"]
+    found = [c for c in dict.fromkeys(candidates)
+             if (c.exists() or c.with_name(c.name + ".bak").exists()) and _belongs(c, identity)]
+    if not found:
+        return None
+    return max(found, key=_mtime)
 
 
 # ------------------------------------------------------------------ read/write
