@@ -248,3 +248,55 @@ def test_the_newest_review_of_this_slide_is_loaded_wherever_it_is(make_napari_vi
     fingerprinted = slide_path.parent / f"{slide_path.name}.{ident['fingerprint']}{sidecar.SUFFIX}"
     fingerprinted.write_text(json.dumps(doc))
     assert sidecar.find_sidecar(slide_path, ident) == fingerprinted
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps({"format": "napari-mitosis-review", "version": 1, "detections": [{"x": "a", "y": 1}]}),
+    json.dumps({"format": "napari-mitosis-review", "version": 1, "detections": [1, 2]}),
+    '{"format": "napari-mitosis-review", "detections": ' + "[" * 100_000 + "]" * 100_000 + "}",
+])
+def test_a_review_file_of_the_wrong_schema_is_set_aside_and_the_widget_keeps_a_review(make_napari_viewer, tmp_path,
+                                                                                      content):
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    path = slide_path.parent / (slide_path.name + ".mitosis.json")
+    path.write_text(content)
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    assert widget.review is not None and len(widget.review.state.df) == 0
+    assert "corrupt" in widget.status.text()
+    assert [p.read_text() for p in slide_path.parent.glob("*.corrupt-*")] == [content]  # kept, not overwritten
+
+
+def test_restoring_the_backup_keeps_the_analysed_regions_and_cleans_up(make_napari_viewer, tmp_path):
+    import os
+    import time
+
+    from napari_mitosis.io import sidecar
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    _earlier(widget)
+    widget.review.add_region((0, 0, 500, 400))
+    widget.review.add_region([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    widget.review.state.confirm([0])
+    widget.review._changed()  # the .bak now holds the regions too
+    path = widget.review.path
+    viewer.close()
+    path.write_text("{broken")
+    orphan = path.with_name(f".{path.name}.abc123.part")
+    orphan.write_text("half a save")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    # two corruptions in one second keep both copies
+    state, note, doc = sidecar.load_review_document(path)
+    assert "corrupt" in note and not orphan.exists()
+    path.write_text("{broken again")
+    sidecar.load_review_document(path)
+    assert sorted(p.read_text() for p in path.parent.glob("*.corrupt-*")) == ["{broken", "{broken again"]
+    viewer2 = make_napari_viewer()
+    widget2 = ReviewWidget(viewer2)
+    _open(viewer2, slide_path)
+    assert widget2.review.regions == [(0, 0, 500, 400), [[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]]]

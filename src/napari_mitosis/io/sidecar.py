@@ -37,14 +37,13 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import NapariMitosisError
-from .detections import atomic_write_text
+from .detections import atomic_write_bytes, atomic_write_text
 
 FORMAT = "napari-mitosis-review"
 VERSION = 1
@@ -206,11 +205,35 @@ def save_review(path, state, identity: dict, extra: dict | None = None) -> Path:
     text = json.dumps(review_document(state, identity, extra), indent=0, allow_nan=False)
     if path.exists():
         try:
-            json.loads(path.read_text(encoding="utf-8"))
-            shutil.copy2(path, path.with_name(path.name + ".bak"))
-        except (OSError, ValueError):
+            old = path.read_bytes()
+            json.loads(old.decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
             pass  # a corrupt current file was already moved aside by load_review; do not back it up over a good .bak
+        else:
+            atomic_write_bytes(path.with_name(path.name + ".bak"), old)  # atomic too: a crash leaves a whole .bak
     return atomic_write_text(path, text)
+
+
+#: Temporary files of an atomic write older than this (s) are left over from a crash.
+ORPHAN_AGE_S = 600
+
+
+def clean_orphans(path, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Remove the temporary ``.<name>.*.part`` files an interrupted save of ``path`` left behind
+    (only old ones: a save in progress elsewhere is not touched). Returns what was removed."""
+    import time
+
+    path = Path(path)
+    gone = []
+    now = time.time()
+    for part in path.parent.glob(f".{path.name}.*.part"):
+        try:
+            if now - part.stat().st_mtime > older_than_s:
+                part.unlink()
+                gone.append(part)
+        except OSError:
+            pass
+    return gone
 
 
 def _frame(records) -> pd.DataFrame:
@@ -229,11 +252,31 @@ def _frame(records) -> pd.DataFrame:
 
 
 def _parse(path: Path) -> dict:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    """The document of a review file, checked (ValueError saying what is wrong). Its tables are
+    built here too (``doc['_tables']``), so that a file that passes can be used."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("it is nested too deeply to be a review file") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError("not a napari-mitosis review file")
+    for key in ("detections", "rejected"):
+        rows = doc.get(key, [] if key == "rejected" else None)
+        if rows is None:
+            rows = []
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"its {key} are not a list of records")
     if not isinstance(doc.get("detections"), list):
         raise ValueError("its detections are missing")
+    if not isinstance(doc.get("slide", {}), dict) or not isinstance(doc.get("thresholds") or {}, dict):
+        raise ValueError("its slide or thresholds are not records")
+    try:
+        doc["_tables"] = (_frame(doc["detections"]), _frame(doc.get("rejected") or []))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"its detections do not fit the schema ({type(exc).__name__}: {exc})") from None
+    for t in doc["_tables"]:
+        if len(t) and not np.isfinite(t[["x", "y"]].to_numpy(float)).all():
+            raise ValueError("a detection's x/y is not a finite number")
     return doc
 
 
@@ -288,6 +331,7 @@ def load_review_document(path, identity: dict | None = None):
 
     path = Path(path)
     note = ""
+    clean_orphans(path)
     try:
         doc = _parse(path)
     except FileNotFoundError:
@@ -295,11 +339,19 @@ def load_review_document(path, identity: dict | None = None):
         bak = path.with_name(path.name + ".bak")
         if not bak.exists():
             raise SidecarError(f"{path}: no such annotation file") from None
-        doc = _parse(bak)
+        try:
+            doc = _parse(bak)
+        except (OSError, ValueError) as exc:
+            raise SidecarError(f"{path.name} is missing and its backup {bak.name} cannot be used ({exc}); "
+                               "the review starts empty") from None
         note = f"{path.name} was missing; restored the backup {bak.name}"
     except (ValueError, UnicodeDecodeError) as exc:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        k = 1
+        while aside.exists():  # two corruptions in one second: the first copy is kept
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}-{k}")
+            k += 1
         os.replace(path, aside)
         bak = path.with_name(path.name + ".bak")
         try:
@@ -314,5 +366,6 @@ def load_review_document(path, identity: dict | None = None):
         ok, why = same_slide(doc.get("slide") or {}, identity)
         if not ok:
             raise SidecarError(f"{path.name}: {why}; refusing to load it onto this slide")
-    state = ReviewState(_frame(doc["detections"]), _frame(doc.get("rejected") or []), doc.get("thresholds") or {})
+    det, rej = doc.pop("_tables")
+    state = ReviewState(det, rej, doc.get("thresholds") or {})
     return state, note, doc
