@@ -146,7 +146,10 @@ class Slide:
         if y1 > y0 and x1 > x0:
             direct = self._direct[level] if level < len(self._direct) else None
             try:
-                block = direct(y0, y1, x0, x1) if direct is not None else arr[y0:y1, x0:x1].compute()
+                # always computed here, in this process's threads: a dask.distributed Client made
+                # the default scheduler must never get a region (its tasks hold file handles)
+                block = direct(y0, y1, x0, x1) if direct is not None \
+                    else arr[y0:y1, x0:x1].compute(scheduler="threads")
                 out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block
             except SlideError:
                 raise

@@ -63,6 +63,14 @@ class AnalyzeError(NapariMitosisError, ValueError):
     """A slide or option analyze cannot use; the message says what is wrong and what to do."""
 
 
+class ClusterError(AnalyzeError):
+    """The dask cluster cannot run the tiles (no worker left): the whole run stops."""
+
+
+#: Seconds a distributed run waits with no worker on the scheduler before it stops with a message.
+NO_WORKER_TIMEOUT = 60.0
+
+
 @dataclass(frozen=True)
 class TileJob:
     """One tile task: plain data only (picklable)."""
@@ -174,16 +182,47 @@ class LocalRunner:
 class DistributedRunner:
     """Tiles on a dask.distributed cluster; failed tasks are retried, then reported."""
 
-    def __init__(self, client, in_flight: int | None = None, retries: int = 2):
+    def __init__(self, client, in_flight: int | None = None, retries: int = 2,
+                 no_worker_timeout: float = NO_WORKER_TIMEOUT, poll: float = 1.0):
         self.client = client
+        self.no_worker_timeout = float(no_worker_timeout)
+        self.poll = float(poll)
         n = max(len(client.scheduler_info().get("workers", {})), 1)
         nthreads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()) or n
         self.in_flight = in_flight or 2 * nthreads
         self.retries = retries
 
-    def run(self, jobs):
-        from distributed import as_completed
+    def _workers(self) -> int:
+        try:
+            return len(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 -- the scheduler itself is gone: no worker either
+            return 0
 
+    def _wait(self, pending):
+        """The futures of ``pending`` that are done, waiting until one is; a
+        :class:`ClusterError` when the scheduler has had no worker for ``no_worker_timeout`` s."""
+        alone_since, delay, checked = None, 0.002, time.monotonic()
+        while True:
+            done = {f for f in pending if f.done()}  # futures of this client (no default client needed)
+            if done:
+                return done
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
+            if time.monotonic() - checked < self.poll:
+                continue
+            checked = time.monotonic()
+            if self._workers():
+                alone_since = None
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since >= self.no_worker_timeout:
+                self.client.cancel(list(pending))
+                raise ClusterError(
+                    f"the dask scheduler at {self.client.scheduler.address} has had no worker for "
+                    f"{self.no_worker_timeout:.0f} s ({len(pending)} tile(s) waiting): the workers died or "
+                    "were stopped. Start workers (dask worker ADDRESS) and run again, or leave out --scheduler.")
+
+    def run(self, jobs):
         jobs = list(jobs)
         it = iter(jobs)
         futures = {}
@@ -193,43 +232,55 @@ class DistributedRunner:
             futures[fut.key] = (fut, job)
             return fut
 
-        first = [submit(j) for j, _ in zip(it, range(self.in_flight))]
-        ac = as_completed(first)
+        pending = {submit(j) for j, _ in zip(it, range(self.in_flight))}
         try:
-            for fut in ac:
-                job = futures.pop(fut.key)[1]
-                try:
-                    res = fut.result()
-                except Exception as exc:  # noqa: BLE001 -- retries exhausted, or the worker died too often (KilledWorker)
-                    res = {"tile": tuple(job.tile), "detections": None, "candidates": 0, "screened": 0,
-                           "error": f"task failed after {self.retries} retries: {type(exc).__name__}: {exc}"}
-                nxt = next(it, None)
-                if nxt is not None:
-                    ac.add(submit(nxt))
-                yield res
-        finally:  # closed early (cancelled): drop what is still queued
+            while pending:
+                done = self._wait(pending)
+                pending -= done
+                for fut in done:
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.add(submit(nxt))
+                for fut in done:
+                    yield self._result(fut, futures.pop(fut.key)[1])
+        finally:  # closed early (cancelled, or no worker): drop what is still queued
             if futures:
                 self.client.cancel([f for f, _ in futures.values()])
+
+    def _result(self, fut, job):
+        try:
+            return fut.result()
+        except Exception as exc:  # noqa: BLE001 -- retries exhausted, or the worker died too often (KilledWorker)
+            return {"tile": tuple(job.tile), "detections": None, "candidates": 0, "screened": 0,
+                    "error": f"task failed after {self.retries} retries: {type(exc).__name__}: {exc}"}
 
     def close(self):
         pass
 
 
-def make_runner(scheduler: str | None = None, workers: int = 1, client=None, in_flight: int | None = None):
+def make_runner(scheduler: str | None = None, workers: int = 1, client=None, in_flight: int | None = None,
+                no_worker_timeout: float = NO_WORKER_TIMEOUT):
     """A runner: local threads by default, or a dask.distributed cluster (address or Client)."""
     if client is not None:
-        return DistributedRunner(client, in_flight)
+        return DistributedRunner(client, in_flight, no_worker_timeout=no_worker_timeout)
     if scheduler:
         try:
             from distributed import Client
         except ImportError:
             raise AnalyzeError("--scheduler needs dask.distributed: pip install 'napari-mitosis[distributed]'") from None
         try:
-            c = Client(scheduler, timeout="10s")
+            # set_as_default=False: the cluster gets the tiles and nothing else; a Client made
+            # the default scheduler would also get every local dask computation (the tissue
+            # mask's reads), whose tasks hold file handles that cannot be sent to it
+            c = Client(scheduler, timeout="10s", set_as_default=False)
         except Exception as exc:  # noqa: BLE001 -- any connection failure
             raise AnalyzeError(f"cannot connect to the dask scheduler at {scheduler!r} ({type(exc).__name__}: {exc}); "
                                "start one (dask scheduler / dask worker) or leave out --scheduler") from None
-        runner = DistributedRunner(c, in_flight)
+        try:
+            runner = DistributedRunner(c, in_flight, no_worker_timeout=no_worker_timeout)
+        except BaseException:
+            c.close()
+            raise
         runner.close = c.close
         return runner
     return LocalRunner(workers, in_flight)
@@ -332,7 +383,7 @@ def analyze_slide_task(path, out_dir, mpp: float | None = None, roi=None, runner
     mf = by.get("mitotic_figure", {})
     summary = {
         "slide": str(path), "status": status,
-        "message": _message(status, failed, tissue_mm2) + (f"; {det.attrs['tissue_error']}" if det.attrs.get("tissue_error") else ""),
+        "message": _message(status, failed, tissue_mm2, det.attrs.get("tissue_error")),
         "tissue_mm2": tissue_mm2, "mitotic_figures": mf.get("count", 0),
         "mitotic_per_2.37mm2": mf.get("per_2.37mm2"),
         "hotspot_mitotic": mf.get("hotspot_count"), "hotspot_per_2.37mm2": mf.get("hotspot_per_2.37mm2"),
@@ -347,9 +398,14 @@ def analyze_slide_task(path, out_dir, mpp: float | None = None, roi=None, runner
     return summary
 
 
-def _message(status, failed, tissue_mm2):
+def _message(status, failed, tissue_mm2, tissue_error=None):
     if status == "no tissue":
         return "no tissue found on this slide: nothing to count (empty results written)"
+    if status == "partial" and not failed:  # only the tissue mask is missing: no failed_tiles.csv
+        return f"the result is PARTIAL: {tissue_error or 'see the log'}"
+    if status == "partial" and tissue_error:
+        return (f"{len(failed)} tile(s) could not be read (see failed_tiles.csv) and {tissue_error}: "
+                "the result is PARTIAL")
     if status == "partial":
         return (f"{len(failed)} tile(s) could not be read (see failed_tiles.csv); counts cover the rest: "
                 "the result is PARTIAL")
@@ -400,7 +456,8 @@ SUMMARY_COLUMNS = ["slide", "status", "message", "tissue_mm2", "mitotic_figures"
 
 
 def analyze_task(paths, out_dir, mpp: float | None = None, roi=None, scheduler: str | None = None, workers: int = 1,
-                 client=None, params: DetectParams | None = None, runner=None) -> Task:
+                 client=None, params: DetectParams | None = None, runner=None,
+                 no_worker_timeout: float = NO_WORKER_TIMEOUT) -> Task:
     """Analyze many slides into ``out_dir/<slide name>/`` and write ``out_dir/summary.csv``.
 
     A slide that cannot be analysed (unreadable, no pixel size ...) gets a row with
@@ -414,7 +471,7 @@ def analyze_task(paths, out_dir, mpp: float | None = None, roi=None, scheduler: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own_runner = runner is None
-    runner = runner or make_runner(scheduler, workers, client)
+    runner = runner or make_runner(scheduler, workers, client, no_worker_timeout=no_worker_timeout)
     if params is None:
         params = make_params(torch_threads=1 if (workers > 1 or scheduler or client) else 0)
     names = _folder_names(paths)
@@ -432,6 +489,8 @@ def analyze_task(paths, out_dir, mpp: float | None = None, roi=None, scheduler: 
                         break
                     yield Progress(i * 1000 + int(1000 * pr.fraction), len(paths) * 1000,
                                    f"{p.name} ({i + 1}/{len(paths)}): {pr.message}", partial=pr.partial)
+            except ClusterError:
+                raise
             except (SlideError, DetectError, AnalyzeError, OSError) as exc:
                 summary = {"slide": str(p), "status": "error", "message": str(exc), "out": str(out / names[i])}
             rows.append(summary)
