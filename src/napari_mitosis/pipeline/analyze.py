@@ -493,6 +493,7 @@ def analyze_task(paths, out_dir, mpp: float | None = None, roi=None, scheduler: 
                 raise
             except (SlideError, DetectError, AnalyzeError, OSError) as exc:
                 summary = {"slide": str(p), "status": "error", "message": str(exc), "out": str(out / names[i])}
+                _clear_results(out / names[i], summary)
             rows.append(summary)
             _write_summary(out, rows)
     finally:
@@ -500,6 +501,24 @@ def analyze_task(paths, out_dir, mpp: float | None = None, roi=None, scheduler: 
             runner.close()
     yield Progress(len(paths), len(paths), "done")
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+#: The files analyze writes into a slide's folder (a failed run removes those of an earlier one).
+RESULT_FILES = ("counts.csv", "detections.csv", "detections.geojson", "overview.png", "failed_tiles.csv")
+
+
+def _clear_results(folder: Path, summary: dict) -> None:
+    """A slide that failed leaves no result of an earlier run beside the error: its result files
+    are removed, and ``summary.json`` says error (a stale ``counts.csv`` with status ok next to a
+    summary that says error would be read as this run's)."""
+    if not folder.is_dir():
+        return
+    for name in RESULT_FILES:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, default=float))
 
 
 def _folder_names(paths):
