@@ -246,28 +246,88 @@ def write_geojson(df, path, mpp: float | None = None, slide: str | None = None, 
     return atomic_write_text(path, json.dumps(to_geojson(df, mpp, slide, object_type), indent=1))
 
 
+class _BadFeature(Exception):
+    """Raised inside :func:`from_geojson`; becomes a DetectionsError naming the feature."""
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _BadFeature(f"{what} {v!r} is not a number")
+    v = float(v)
+    if not np.isfinite(v):
+        raise _BadFeature(f"{what} {v!r} is not a finite number")
+    return v
+
+
+def _position(p, what: str = "a position") -> list:
+    if not isinstance(p, (list, tuple)) or len(p) < 2:
+        raise _BadFeature(f"{what} {_short(p)} is not [x, y]")
+    return [_number(p[0], "x"), _number(p[1], "y")]
+
+
+def _positions(coords, what: str, min_len: int = 1) -> list:
+    if not isinstance(coords, (list, tuple)) or len(coords) < min_len:
+        raise _BadFeature(f"{what} coordinates {_short(coords)} are not a list of [x, y] positions")
+    return [_position(p) for p in coords]
+
+
+def _short(v, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _centroid(geom: dict):
+    """The point(s) of a geometry: a Point, the points of a MultiPoint, the centroid of the
+    outer ring(s) of a (Multi)Polygon or of a LineString's vertices. Malformed coordinates
+    (null, text, empty, ragged nesting, non-numbers) raise :class:`_BadFeature`."""
     kind = geom.get("type")
     coords = geom.get("coordinates")
     if kind == "Point":
-        return [coords[:2]]
+        return [_position(coords, "Point coordinates")]
     if kind == "MultiPoint":
-        return [c[:2] for c in coords]
-    if kind in ("Polygon", "MultiPolygon", "LineString"):
-        rings = coords if kind != "MultiPolygon" else [r for poly in coords for r in poly[:1]]
-        if kind == "Polygon":
-            rings = coords[:1]
-        if kind == "LineString":
-            rings = [coords]
-        pts = np.asarray([p[:2] for ring in rings for p in ring], float)
-        return [pts.mean(0).tolist()] if len(pts) else []
-    return []
+        return _positions(coords, "MultiPoint")
+    if kind == "LineString":
+        pts = _positions(coords, "LineString")
+    elif kind == "Polygon":
+        if not isinstance(coords, (list, tuple)) or not coords:
+            raise _BadFeature(f"Polygon coordinates {_short(coords)} are not a list of rings")
+        pts = [_positions(ring, "Polygon ring") for ring in coords][0]  # holes checked, not used
+    elif kind == "MultiPolygon":
+        if not isinstance(coords, (list, tuple)) or not coords:
+            raise _BadFeature(f"MultiPolygon coordinates {_short(coords)} are not a list of polygons")
+        pts = []
+        for poly in coords:
+            if not isinstance(poly, (list, tuple)) or not poly:
+                raise _BadFeature(f"MultiPolygon polygon {_short(poly)} is not a list of rings")
+            pts += [_positions(ring, "MultiPolygon ring") for ring in poly][0]
+    else:
+        return []  # other geometry types carry no detection
+    return [np.asarray(pts, float).mean(0).tolist()]
+
+
+def _score(meas: dict, props: dict):
+    score = meas.get("score", props.get("score"))
+    if score is None:
+        return None
+    if isinstance(score, str):
+        try:
+            score = float(score)
+        except ValueError:
+            raise _BadFeature(f"score {_short(score)} is not a number") from None
+    if isinstance(score, float) and np.isnan(score):  # QuPath writes NaN for a missing measurement
+        return None
+    return _number(score, "score")
 
 
 def from_geojson(data, name: str = "GeoJSON") -> pd.DataFrame:
-    """Detections from a GeoJSON object (a FeatureCollection, a list of Features, or one Feature)."""
+    """Detections from a GeoJSON object (a FeatureCollection, a list of Features, or one Feature).
+
+    Malformed features (null, text or empty coordinates, ragged polygons, a score that is not a
+    number, properties that are not an object) are a :class:`DetectionsError` naming the feature.
+    """
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        feats = data.get("features") or []
+        feats = data.get("features")
+        feats = [] if feats is None else feats
         meta = data.get("properties") or {}
     elif isinstance(data, dict) and data.get("type") == "Feature":
         feats, meta = [data], {}
@@ -275,31 +335,52 @@ def from_geojson(data, name: str = "GeoJSON") -> pd.DataFrame:
         feats, meta = data, {}
     else:
         raise DetectionsError(f"{name}: not GeoJSON features (expected a FeatureCollection or a list of Features)")
+    if not isinstance(feats, list):
+        raise DetectionsError(f"{name}: 'features' is {_short(feats)}, not a list of Features")
     rows = []
-    for f in feats:
-        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
-            continue
-        props = f.get("properties") or {}
-        cls = props.get("class")
-        if cls is None:
-            c = props.get("classification") or {}
-            cls = c.get("name") if isinstance(c, dict) else c
-        cls = class_name(cls) if cls is not None else "mitotic_figure"
-        meas = props.get("measurements") or {}
-        if isinstance(meas, list):  # QuPath 0.2/0.3 style
-            meas = {m.get("name"): m.get("value") for m in meas if isinstance(m, dict)}
-        score = meas.get("score", props.get("score"))
-        status = str(props.get("status", "added" if score is None else "model")).lower()
-        if status not in STATUSES:
-            status = "added"
-        for x, y in _centroid(f["geometry"]):
-            rows.append({"x": float(x), "y": float(y), "class": cls, "score": np.nan if score is None else float(score),
-                         "status": status})
+    for i, f in enumerate(feats):
+        try:
+            if not isinstance(f, dict):
+                raise _BadFeature(f"is {_short(f)}, not a Feature object")
+            geom = f.get("geometry")
+            if geom is None:
+                continue  # a feature without a geometry (allowed by GeoJSON) places nothing
+            if not isinstance(geom, dict):
+                raise _BadFeature(f"its geometry {_short(geom)} is not a geometry object")
+            props = f.get("properties")
+            props = {} if props is None else props
+            if not isinstance(props, dict):
+                raise _BadFeature(f"its properties {_short(props)} are not an object")
+            cls = props.get("class")
+            if cls is None:
+                c = props.get("classification") or {}
+                cls = c.get("name") if isinstance(c, dict) else c
+            if cls is not None and not isinstance(cls, (str, int, float)):
+                raise _BadFeature(f"its class {_short(cls)} is not a name")
+            cls = class_name(cls) if cls is not None else "mitotic_figure"
+            meas = props.get("measurements") or {}
+            if isinstance(meas, list):  # QuPath 0.2/0.3 style
+                meas = {m.get("name"): m.get("value") for m in meas if isinstance(m, dict)}
+            if not isinstance(meas, dict):
+                raise _BadFeature(f"its measurements {_short(meas)} are not an object")
+            score = _score(meas, props)
+            status = str(props.get("status", "added" if score is None else "model")).lower()
+            if status not in STATUSES:
+                status = "added"
+            for x, y in _centroid(geom):
+                rows.append({"x": x, "y": y, "class": cls, "score": np.nan if score is None else score,
+                             "status": status})
+        except _BadFeature as exc:
+            raise DetectionsError(f"{name}: feature {i + 1} of {len(feats)}: {exc}; fix or remove it "
+                                  "(GeoJSON positions are [x, y] numbers in level-0 pixels)") from None
     df = check_detections(pd.DataFrame(rows, columns=COLUMNS) if rows else empty_detections(), name)
     mpp = meta.get("mpp") if isinstance(meta, dict) else None
-    df.attrs["mpp"] = None if mpp is None else float(mpp)
+    try:
+        df.attrs["mpp"] = None if mpp is None else _number(mpp, "mpp")
+    except _BadFeature as exc:
+        raise DetectionsError(f"{name}: the collection's {exc}") from None
     if isinstance(meta, dict) and meta.get("slide"):
-        df.attrs["slide"] = meta["slide"]
+        df.attrs["slide"] = str(meta["slide"])
     return df
 
 
@@ -312,6 +393,8 @@ def read_geojson(path) -> pd.DataFrame:
         raise DetectionsError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DetectionsError(f"{path}: is not valid GeoJSON ({exc})") from None
+    except (OSError, RecursionError) as exc:
+        raise DetectionsError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
     return from_geojson(data, str(path))
 
 

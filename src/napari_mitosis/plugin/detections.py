@@ -93,6 +93,9 @@ def get_detections_reader(path):
         if p.suffix.lower() == ".geojson":
             warnings.warn(f"napari-mitosis cannot read {p.name}: {exc}", stacklevel=2)
         return None  # not a detection file: let other readers try
+    except Exception as exc:  # noqa: BLE001 -- never raise into napari's File > Open
+        warnings.warn(f"napari-mitosis cannot read {p.name}: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
 
     def reader(_path=None):
         return [points_layer_data(df, name=p.stem)]
