@@ -197,7 +197,9 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
                              tables=page.jpegtables)
         return state
 
-    def read(y0, y1, x0, x1):
+    def read(y0, y1, x0, x1, on_bad=None):
+        """``on_bad(ty0, tx0, th, tw, exc)``: called for a tile that cannot be decoded, whose
+        pixels are then left white (without it, the error is raised)."""
         st = state or _init()
         if st["fallback"]:
             return fallback(y0, y1, x0, x1)
@@ -210,10 +212,18 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
                     continue
                 ya, yb = max(y0, ty * th), min(y1, (ty + 1) * th)
                 xa, xb = max(x0, tx * tw), min(x1, (tx + 1) * tw)
-                seg = _tile(st, i, keep=(yb - ya) * (xb - xa) < th * tw)
+                try:
+                    seg = _tile(st, i, keep=(yb - ya) * (xb - xa) < th * tw)
+                except Exception as exc:
+                    if on_bad is None:
+                        raise
+                    on_bad(ty * th, tx * tw, th, tw, exc)
+                    out[ya - y0 : yb - y0, xa - x0 : xb - x0] = 255
+                    continue
                 out[ya - y0 : yb - y0, xa - x0 : xb - x0] = seg[ya - ty * th : yb - ty * th, xa - tx * tw : xb - tx * tw, :3]
         return out
 
+    read.fills_bad_tiles = True
     return read
 
 

@@ -75,6 +75,11 @@ class Slide:
     #: per stored level, a direct ``(y0, y1, x0, x1) -> array`` reader that skips dask
     _direct: list[Callable | None] = field(default_factory=list, repr=False)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: When True, ``read_region`` leaves the pixels of a file tile that cannot be decoded white
+    #: and records it in :attr:`bad_tiles` instead of failing the whole region.
+    fill_bad_tiles: bool = False
+    #: ``{"level", "x", "y", "w", "h" (level-0 px), "error"}`` of each tile read white so far.
+    bad_tiles: list = field(default_factory=list, repr=False)
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -154,11 +159,52 @@ class Slide:
             except SlideError:
                 raise
             except Exception as exc:  # a codec or I/O error from deep inside
+                if self.fill_bad_tiles:
+                    out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read_filling(level, y0, y1, x0, x1)
+                    return out
                 raise SlideError(
                     f"{self.path}: could not decode level {level} at level-0 ({x}, {y}): "
                     f"{type(exc).__name__}: {exc}. The file may be truncated or corrupt."
                 ) from exc
         return out
+
+    def _bad(self, level, y, x, h, w, exc) -> None:
+        ds = self.level_downsamples[level]
+        self.bad_tiles.append({"level": level, "x": int(x * ds), "y": int(y * ds), "w": int(np.ceil(w * ds)),
+                               "h": int(np.ceil(h * ds)),
+                               "error": f"could not decode level {level} tile at level-0 ({int(x * ds)}, "
+                                        f"{int(y * ds)}): {type(exc).__name__}: {exc}"})
+
+    def _read_filling(self, level, y0, y1, x0, x1) -> np.ndarray:
+        """Level pixels ``[y0:y1, x0:x1]`` with the file tiles that cannot be decoded left white
+        (and recorded): a bad tile invalidates its own pixels only. A stored level reads tile by
+        tile; a level computed by coarsening is recomputed from the last stored level read so."""
+        direct = self._direct[level] if level < len(self._direct) else None
+        if getattr(direct, "fills_bad_tiles", False):
+            try:
+                return direct(y0, y1, x0, x1, on_bad=lambda ty, tx, th, tw, exc: self._bad(level, ty, tx, th, tw, exc))
+            except Exception:  # noqa: BLE001 -- not a tile error (the tile table itself): chunk by chunk
+                pass
+        base = self.file_levels - 1
+        if level <= base:  # a stored level without a tile reader: chunk by chunk
+            arr = self.levels[level]
+            out = np.full((y1 - y0, x1 - x0, 3), WHITE, np.uint8)
+            ys, xs = np.cumsum((0,) + arr.chunks[0]), np.cumsum((0,) + arr.chunks[1])
+            for ca, cb in zip(ys[:-1], ys[1:], strict=True):
+                for ra, rb in zip(xs[:-1], xs[1:], strict=True):
+                    a, b, c, d = max(ca, y0), min(cb, y1), max(ra, x0), min(rb, x1)
+                    if b <= a or d <= c:
+                        continue
+                    try:
+                        out[a - y0 : b - y0, c - x0 : d - x0] = arr[a:b, c:d].compute(scheduler="threads")
+                    except Exception as exc:  # noqa: BLE001
+                        self._bad(level, int(ca), int(ra), int(cb - ca), int(rb - ra), exc)
+            return out
+        k = 2 ** (level - base)
+        fine = self._read_filling(base, y0 * k, y1 * k, x0 * k, x1 * k)
+        for _ in range(level - base):
+            fine = mean2x2(fine)
+        return fine
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """An RGB overview whose longer side is at most ``max_size`` pixels.

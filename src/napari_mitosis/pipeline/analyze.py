@@ -100,6 +100,7 @@ def _open_cached(path: str, mpp: float):
             old = next(iter(cache))
             cache.pop(old).close()
         cache[key] = open_slide(path, mpp=mpp)
+        cache[key].fill_bad_tiles = True  # a bad file tile costs its own pixels, reported
     return cache[key]
 
 
@@ -117,7 +118,11 @@ def run_tile(job: TileJob) -> dict:
             cv2.setNumThreads(job.params.torch_threads)
     try:
         slide = _open_cached(job.path, job.mpp)
-        return detect_tile(slide, *job.tile, job.params, job.mpp)
+        seen = len(slide.bad_tiles)
+        res = detect_tile(slide, *job.tile, job.params, job.mpp)
+        if len(slide.bad_tiles) > seen:
+            res = {**res, "bad_tiles": slide.bad_tiles[seen:]}
+        return res
     except SlideError as exc:
         return {"tile": tuple(job.tile), "detections": None, "error": str(exc), "candidates": 0, "screened": 0}
 
@@ -299,6 +304,7 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
     params = params or make_params()
     runner = runner or LocalRunner()
     slide = open_slide(path, mpp=mpp)
+    slide.fill_bad_tiles = True  # a bad file tile costs the tissue mask its own pixels only
     try:
         slide_mpp = _check_mpp(slide)
         tissue_error = None
@@ -316,6 +322,9 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
         load_models(params)  # a missing model fails here, not in every tile
         jobs = [TileJob(str(Path(path).resolve()), slide_mpp, t, params) for t in tiles]
         frames, failed, n_cand, n_scr = [], [], 0, 0
+        bad = {}  # file tiles read white: (level, x, y) -> (level-0 rect, message)
+        for b in slide.bad_tiles:
+            bad.setdefault((b["level"], b["x"], b["y"]), ((b["x"], b["y"], b["w"], b["h"]), b["error"]))
         total = max(len(jobs), 1)
         yield Progress(0, total, f"{Path(path).name}: {len(jobs)} tiles")
         for done, res in enumerate(runner.run(jobs), 1):
@@ -323,11 +332,14 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
                 failed.append((res["tile"], res["error"]))
                 yield Progress(done, total, f"tile at {res['tile'][:2]} failed")
                 continue
+            for b in res.get("bad_tiles", ()):
+                bad.setdefault((b["level"], b["x"], b["y"]), ((b["x"], b["y"], b["w"], b["h"]), b["error"]))
             det = res["detections"]
             frames.append(det)
             n_cand += res["candidates"]
             n_scr += res["screened"]
             yield Progress(done, total, f"{Path(path).name}: tile {done}/{len(jobs)}", partial=det)
+        failed += list(bad.values())  # each bad file tile, once: only its pixels are missing
         result = merge_tiles(frames, slide_mpp, params.thr("detect_nms_um"))
         result.attrs.update(finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi, all_tissue))
         result.attrs.update(tissue=tissue, seconds=time.perf_counter() - t0, shape=slide.shape,
