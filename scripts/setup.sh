@@ -39,5 +39,5 @@ echo "setup: installing Python packages into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # exactly this torch: a CPU build; anything newer pulls gigabytes of CUDA packages
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[qt,test,distributed]"
+.venv/bin/python -m pip install -q -e ".[qt,test,distributed,train]"
 echo "$want" > "$stamp"

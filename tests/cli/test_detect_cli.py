@@ -11,7 +11,7 @@ from napari_mitosis.cli import main
 def test_detect_writes_a_csv_of_detections(tmp_path, capsys, synthetic_slide_file):
     out = tmp_path / "det.csv"
     assert main(["detect", str(synthetic_slide_file), "--roi", "400,0,1000,800", "--out", str(out), "--device", "cpu",
-                 "--threshold", "screen_dark=1.2", "--threshold", "mitotic_figure=0.5"]) == 0
+                 "--candidates", "nuclei", "--threshold", "screen_dark=1.2", "--threshold", "mitotic_figure=0.5"]) == 0
     df = pd.read_csv(out)
     assert (df["class"] == "mitotic_figure").sum() >= 1
     assert list(df.columns[:4]) == ["x", "y", "class", "score"]
@@ -36,9 +36,13 @@ def test_bad_roi_and_threshold_are_one_line_errors(tmp_path, capsys, synthetic_s
     assert "--roi must be x,y,w,h" in capsys.readouterr().err
     assert main(["detect", str(synthetic_slide_file), "--threshold", "mitosis=0.5", "--out", str(tmp_path / "d.csv")]) == 2
     assert "unknown threshold" in capsys.readouterr().err
-    assert main(["detect", str(synthetic_slide_file), "--first-pass", "nope", "--out", str(tmp_path / "d.csv")]) == 2
+    assert main(["detect", str(synthetic_slide_file), "--candidates", "nuclei", "--first-pass", "nope",
+                 "--out", str(tmp_path / "d.csv")]) == 2
     err = capsys.readouterr().err
     assert "no model named 'nope'" in err and "cell-screen" in err and "Traceback" not in err
+    assert main(["detect", str(synthetic_slide_file), "--model", "nope", "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no model named 'nope'" in err and "cell-effnet" in err and "Traceback" not in err
     assert not (tmp_path / "d.csv").exists()
 
 

@@ -23,7 +23,8 @@ TILE_UM = 140
 @pytest.fixture(scope="module")
 def params():
     # the card's thresholds were chosen on real images; synthetic mitoses need a looser screen
-    return make_params(device="cpu", tile_um=TILE_UM, thresholds={"detect_screen_dark": 1.2, "detect_mitotic_figure": 0.55})
+    return make_params(device="cpu", tile_um=TILE_UM, candidates="nuclei",
+                       thresholds={"detect_screen_dark": 1.2, "detect_mitotic_figure": 0.55})
 
 
 def test_analyze_writes_per_slide_results_and_a_summary(tmp_path, synthetic_slide_file, params):

@@ -23,8 +23,9 @@ def _params(args, scheduler):
         except ValueError:
             raise ValueError(f"--threshold must be NAME=VALUE, e.g. mitotic_figure=0.6; got {item!r}") from None
     first = None if str(args.first_pass).lower() in ("none", "off", "") else args.first_pass
-    return make_params(device=args.device, candidates=args.candidates, thresholds=thresholds or None,
-                       torch_threads=1 if (args.workers > 1 or scheduler) else 0, screen_model=first)
+    return make_params(model=args.model, device=args.device, candidates=args.candidates,
+                       thresholds=thresholds or None, torch_threads=1 if (args.workers > 1 or scheduler) else 0,
+                       screen_model=first, operating_point=args.operating_point)
 
 
 def cmd_detect(args) -> int:
@@ -104,13 +105,22 @@ def _common(p):
                                        "default: local threads")
     p.add_argument("--workers", type=int, default=1, help="local worker threads (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--candidates", default="nuclei", choices=["nuclei", "heatmap", "both"],
-                   help="candidate stage: hematoxylin blobs (default), heatmap peaks, or both")
-    p.add_argument("--first-pass", default="cell-screen", metavar="MODEL",
-                   help="learned first pass on the screening image; only what it keeps goes to the classifier "
-                        "(default cell-screen; 'none': every screened blob goes to the classifier, slower)")
+    p.add_argument("--sensitivity", "--operating-point", dest="operating_point", default="balanced",
+                   choices=["balanced", "screening"],
+                   help="balanced (default): the best F1 on validation labs the models never saw; screening: "
+                        "recall >= 0.9 on each of them, more false alarms to review")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
-                   help="override a detection threshold, e.g. mitotic_figure=0.7 (repeatable)")
+                   help="override a detection threshold, e.g. mitotic_figure=0.7 (repeatable; a free threshold "
+                        "on the score sqrt(p_dense * p_classifier))")
+    p.add_argument("--candidates", default="dense", choices=["dense", "nuclei", "heatmap", "both"],
+                   help="candidate stage: cell-dense likelihood peaks (default), or the earlier hematoxylin-blob "
+                        "screening, weakly supervised heatmap peaks, or both (these use cell-gstn)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="second stage classifier (default: cell-effnet with dense candidates, else cell-gstn, "
+                        "the guided spatial transformer)")
+    p.add_argument("--first-pass", default="cell-screen", metavar="MODEL",
+                   help="--candidates nuclei: learned first pass on the screening image; only what it keeps goes "
+                        "to the classifier (default cell-screen; 'none': every screened blob, slower)")
 
 
 def _configure_train_screen(p):
@@ -129,12 +139,26 @@ def cmd_train_screen(args) -> int:
     return main(argv)
 
 
+def _configure_train_detector(p):
+    from ..training.train_detector import configure
+
+    configure(p)
+
+
+def cmd_train_detector(args) -> int:
+    from ..training.train_detector import run_stage
+
+    return run_stage(args)
+
+
 def register(sub) -> None:
     """Add the detection sub-commands to the CLI."""
     from . import train
 
     train.add_trainer("screen", "train cell-screen, the learned first pass of whole-slide detection",
                       _configure_train_screen, cmd_train_screen)
+    train.add_trainer("detector", "train the detector's two stages (cell-dense, cell-effnet), resumable",
+                      _configure_train_detector, cmd_train_detector)
     d = sub.add_parser("detect", help="detect mitotic figures and granulocytes in a slide or image -> CSV/GeoJSON")
     d.add_argument("input", help="a slide or a plain image (plain images need --mpp)")
     d.add_argument("--out", required=True, help="detections file to write (.csv or .geojson)")

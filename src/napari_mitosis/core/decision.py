@@ -33,6 +33,8 @@ DEFAULT_THRESHOLDS = {
     "detect_mitotic_figure": 0.8,  # min score of a mitotic figure
     "detect_granulocyte": 0.9,  # min score of a granulocyte
     "detect_nms_um": 6.0,  # detections closer than this are one cell
+    "detect_candidate_mitotic_figure": 0.2,  # min cell-dense likelihood of a mitosis candidate
+    "detect_candidate_granulocyte": 0.2,  # min cell-dense likelihood of a granulocyte candidate
 }
 
 

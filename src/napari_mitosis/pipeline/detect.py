@@ -1,6 +1,22 @@
 """Whole-slide detection of mitotic figures and granulocytes, tile by tile.
 
-Pipeline (per tile; tiles are independent tasks, see :mod:`.analyze`)::
+Default pipeline (``candidates="dense"``; per tile, tiles are independent tasks, see
+:mod:`.analyze`)::
+
+    tissue mask -> tiles of TILE_UM um (with a DENSE_HALO_UM halo) read at 0.5 um/px
+      -> optional stain normalisation
+      -> cell-dense (models/dense_net.py): mitotic-figure and granulocyte likelihood maps at
+         2 um/px; their peaks above ``detect_candidate_<class>`` are the candidates
+      -> cell-effnet (an ImageNet-pretrained EfficientNet-Lite0, fine-tuned) on a 24 um crop
+         at 0.375 um/px around each candidate whose dense value can still make a detection
+      -> per-class thresholds on sqrt(p_dense * p_effnet) -> NMS by distance -> detections
+
+The thresholds are an *operating point* chosen on validation domains the models never saw
+(``detect_*`` keys of cell-effnet.json: "balanced", the best F1; ``screening/detect_*``:
+recall >= 0.9 on every validation domain); see docs/detection.md.
+
+The earlier cascade stays available (``candidates="nuclei"``, model cell-gstn, the guided
+spatial transformer of paper 001)::
 
     tissue mask -> tiles of TILE_UM um (with a halo) -> optional stain normalisation
       -> candidates: hematoxylin blobs read at SCREEN_MPP (0.5 um/px, a coarse pyramid
@@ -60,9 +76,17 @@ CROP_MPP_TOL = 0.05
 #: Side of a tile core (um) and its halo (um).
 TILE_UM = 512.0
 HALO_UM = 16.0
-CANDIDATE_MODES = ("nuclei", "heatmap", "both")
+CANDIDATE_MODES = ("dense", "nuclei", "heatmap", "both")
 #: Candidate columns with the first pass's probabilities of the DETECT_CLASSES.
 FIRST_PASS_COLUMNS = ("screen_mitotic_figure", "screen_granulocyte")
+#: Candidate columns with cell-dense's likelihoods of the DETECT_CLASSES.
+DENSE_COLUMNS = ("dense_mitotic_figure", "dense_granulocyte")
+#: Halo of a tile for cell-dense (um): about its receptive field, so seams do not change results.
+DENSE_HALO_UM = 32.0
+#: The second stage each candidate mode uses unless one is named.
+DEFAULT_MODEL = {"dense": "cell-effnet", "nuclei": "cell-gstn", "heatmap": "cell-gstn", "both": "cell-gstn"}
+#: Operating points stored in the classifier's spec: "balanced" is its plain ``detect_*`` keys.
+OPERATING_POINTS = ("balanced", "screening")
 #: Slide pixel sizes accepted (um/px).
 
 
@@ -75,9 +99,9 @@ class DetectError(NapariMitosisError, ValueError):
 class DetectParams:
     """Everything a tile task needs besides the slide (plain data, picklable)."""
 
-    model: str = "cell-gstn"
+    model: str = "cell-effnet"
     device: str = "cpu"
-    candidates: str = "nuclei"
+    candidates: str = "dense"
     tile_um: float = TILE_UM
     halo_um: float = HALO_UM
     screen_mpp: float = SCREEN_MPP
@@ -89,15 +113,22 @@ class DetectParams:
     model_folder: str | None = None  # a folder with the model's weights (default: the shipped ones)
     screen_model: str | None = "cell-screen"  # the learned first pass on the screening image (None: off)
     screen_folder: str | None = None  # a folder with its weights (default: the shipped ones)
+    dense_model: str = "cell-dense"  # the dense first stage (candidates="dense")
+    dense_folder: str | None = None  # a folder with its weights (default: the shipped ones)
+    operating_point: str = "balanced"  # which of the spec's operating points the thresholds are
 
     def thr(self, key: str) -> float:
         return float(self.thresholds.get(key, DEFAULT_THRESHOLDS[key]))
 
 
-def model_thresholds(model: str = "cell-gstn", folder=None, first_pass: bool = True) -> dict:
-    """The detection thresholds: defaults, then the ``detect_*`` keys of the model's spec (the
-    operating point of the cascade with the first pass); without the first pass its
-    ``gstn_only/detect_*`` keys (cell-gstn's probability alone is the score)."""
+def model_thresholds(model: str = "cell-effnet", folder=None, first_pass: bool = True,
+                     operating_point: str = "balanced") -> dict:
+    """The detection thresholds: defaults, then the ``detect_*`` keys of the model's spec (its
+    "balanced" operating point); for ``operating_point="screening"`` its ``screening/detect_*``
+    keys on top; for cell-gstn without the first pass its ``gstn_only/detect_*`` keys (cell-gstn's
+    probability alone is the score)."""
+    if operating_point not in OPERATING_POINTS:
+        raise DetectError(f"operating point must be one of {', '.join(OPERATING_POINTS)}, got {operating_point!r}")
     from ..models.registry import WEIGHTS_DIR, read_spec
 
     thr = dict(DEFAULT_THRESHOLDS)
@@ -109,6 +140,13 @@ def model_thresholds(model: str = "cell-gstn", folder=None, first_pass: bool = T
     thr.update({k: float(v) for k, v in stored.items() if k.startswith("detect_")})
     if not first_pass:
         thr.update({k.split("/", 1)[1]: float(v) for k, v in stored.items() if k.startswith("gstn_only/detect_")})
+    if operating_point != "balanced":
+        prefix = f"{operating_point}/detect_"
+        point = {k.split("/", 1)[1]: float(v) for k, v in stored.items() if k.startswith(prefix)}
+        if not point:
+            raise DetectError(f"model {model!r} has no {operating_point!r} operating point; use 'balanced' or set "
+                              "thresholds with --threshold NAME=VALUE")
+        thr.update(point)
     return thr
 
 
@@ -138,12 +176,32 @@ def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | 
 
 
 def load_models(params: DetectParams) -> tuple:
-    """(cell-gstn, first pass or None) of ``params``, each ``(net, spec)``, loaded once per process:
-    call it before the tiles so that a missing model fails once, with the list of models."""
-    gstn = load_classifier(params.model, params.device, params.model_folder)
+    """(second stage, first pass or None) of ``params``, each ``(net, spec)``, loaded once per
+    process: call it before the tiles so that a missing model fails once, with the list of models.
+    With dense candidates the first pass is cell-dense."""
+    second = load_classifier(params.model, params.device, params.model_folder)
+    if params.candidates == "dense":
+        return second, load_dense(params.dense_model, params.device, params.dense_folder)
     first = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False) \
         if params.screen_model else None
-    return gstn, first
+    return second, first
+
+
+def load_dense(name: str = "cell-dense", device: str = "cpu", folder: str | None = None):
+    """cell-dense ``(net, spec)``, loaded once per process; on a CPU with its batch normalisations
+    folded and in channels-last layout (not traced: tiles differ in size)."""
+    from ..models.inference import fast_cpu
+    from ..models.registry import WEIGHTS_DIR, ModelError, load_model, resolve_device
+
+    key = ("dense", name, str(resolve_device(device)), folder)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            try:
+                net, spec = load_model(name, device=device, folder=Path(folder) if folder else WEIGHTS_DIR)
+            except ModelError as exc:
+                raise DetectError(str(exc)) from exc
+            _MODEL_CACHE[key] = (fast_cpu(net, True), spec)
+    return _MODEL_CACHE[key]
 
 
 # ------------------------------------------------------------------------ one tile
@@ -265,7 +323,8 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
         for i in range(0, n, params.batch):
             # NHWC as it is, seen as NCHW in channels-last layout (what the CPU copy of the net wants)
             x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + params.batch])).permute(0, 3, 1, 2).to(device)
-            logits, theta = net(x)
+            out = net(x)
+            logits, theta = out if isinstance(out, tuple) else (out, None)  # cell-gstn also localises
             probs[i : i + params.batch] = torch.softmax(logits, 1).cpu().numpy()
             if theta is not None:
                 px, py = theta_to_xy(theta.cpu())
@@ -287,29 +346,57 @@ def screen_level(slide, slide_mpp: float, screen_mpp: float = SCREEN_MPP) -> int
     return best
 
 
-def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, params: DetectParams):
-    """Screened candidates of a tile core (level-0 x, y) and the number of blobs seen.
-
-    Returns (DataFrame x, y, dark, eosin in level-0 px, n_blobs, skipped_as_background).
-    """
+def read_screening(slide, x: int, y: int, w: int, h: int, slide_mpp: float, mpp: float, halo_um: float):
+    """A tile core (level-0 x, y, w, h) and ``halo_um`` around it at about ``mpp``: a stored level
+    within SCREEN_MPP_TOL as it is, else resampled. Returns (rgb, ox, oy, ds, m): level-0 position
+    of its first pixel's corner-adjusted origin, level-0 px per pixel, its pixel size (um/px)."""
     from ..io.working import read_working
 
-    native = screen_level(slide, slide_mpp, params.screen_mpp)
+    native = screen_level(slide, slide_mpp, mpp)
     if native is not None:  # read the stored level as it is, on its own pixel grid
         ds = float(slide.level_downsamples[native])
         m = slide_mpp * ds
-        halo = math.ceil(params.halo_um / m)
+        halo = math.ceil(halo_um / m)
         gx0, gy0 = math.floor(x / ds) - halo, math.floor(y / ds) - halo
         W, H = math.ceil((x + w) / ds) + halo - gx0, math.ceil((y + h) / ds) + halo - gy0
         ox, oy = gx0 * ds, gy0 * ds
         rgb = slide.read_region(native, round(ox), round(oy), W, H)
     else:
-        m = max(params.screen_mpp, slide_mpp)
+        m = max(mpp, slide_mpp)
         ds = m / slide_mpp
-        halo = int(math.ceil(params.halo_um / m))
+        halo = int(math.ceil(halo_um / m))
         W, H = int(math.ceil(w / ds)), int(math.ceil(h / ds))
         ox, oy = x - halo * ds, y - halo * ds
         rgb = read_working(slide, ox, oy, ds, W + 2 * halo, H + 2 * halo)
+    return rgb, ox, oy, ds, m
+
+
+def dense_tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, params: DetectParams):
+    """cell-dense's candidates of a tile core: DataFrame x, y (level-0 px), dense_<class>, and the
+    number of candidates, and whether the tile was skipped as background."""
+    from ..models.dense_net import dense_candidates, dense_probabilities
+
+    cols = ["x", "y", *DENSE_COLUMNS]
+    rgb, ox, oy, ds, m = read_screening(slide, x, y, w, h, slide_mpp, params.screen_mpp, DENSE_HALO_UM)
+    if is_background_od(optical_density(rgb)):
+        return pd.DataFrame(columns=cols, dtype=float), 0, True
+    if params.normalizer is not None:
+        rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
+    net, _ = load_models(params)[1]
+    prob = dense_probabilities(net, rgb)
+    xy, vals = dense_candidates(prob, [params.thr(f"detect_candidate_{c}") for c in ("mitotic_figure", "granulocyte")])
+    gx, gy = ox + (xy[:, 0] + 0.5) * ds - 0.5, oy + (xy[:, 1] + 0.5) * ds - 0.5  # level-0 px
+    own = (gx >= x - 0.5) & (gx < x + w - 0.5) & (gy >= y - 0.5) & (gy < y + h - 0.5)
+    df = pd.DataFrame({"x": gx[own], "y": gy[own], DENSE_COLUMNS[0]: vals[own, 0], DENSE_COLUMNS[1]: vals[own, 1]})
+    return df, len(df), False
+
+
+def tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: float, params: DetectParams):
+    """Screened candidates of a tile core (level-0 x, y) and the number of blobs seen.
+
+    Returns (DataFrame x, y, dark, eosin in level-0 px, n_blobs, skipped_as_background).
+    """
+    rgb, ox, oy, ds, m = read_screening(slide, x, y, w, h, slide_mpp, params.screen_mpp, params.halo_um)
     od = optical_density(rgb)  # once: the background test and the screening share it
     if is_background_od(od):
         return pd.DataFrame(columns=["x", "y", "dark", "eosin"], dtype=float), 0, True
@@ -335,7 +422,7 @@ def first_pass(rgb: np.ndarray, sx, sy, params: DetectParams) -> np.ndarray:
     ``sx, sy`` (pixels of the screening image ``rgb``)."""
     from ..models.screen_net import screen_probs
 
-    net, spec = load_models(params)[1]
+    net, spec = load_classifier(params.screen_model, params.device, params.screen_folder, channels_last=False)
     probs = screen_probs(net, rgb, np.asarray(sx, float), np.asarray(sy, float), batch=256)
     order = [list(spec.classes).index(c) for c in ("mitotic_figure", "granulocyte", "other")]
     return probs[:, order]
@@ -371,6 +458,10 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
     if params.candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {params.candidates!r}")
     frames, n_blobs, background = [], 0, False
+    first_cols = DENSE_COLUMNS if params.candidates == "dense" else FIRST_PASS_COLUMNS
+    if params.candidates == "dense":
+        c, n_blobs, background = dense_tile_candidates(slide, x, y, w, h, slide_mpp, params)
+        frames.append(c)
     if params.candidates in ("nuclei", "both"):
         c, n_blobs, background = tile_candidates(slide, x, y, w, h, slide_mpp, params)
         frames.append(c)
@@ -381,11 +472,11 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
     else:
         cand = pd.concat([f for f in frames if len(f)], ignore_index=True)
     nms_px = params.thr("detect_nms_um") / slide_mpp
-    if len(cand) > 1:  # one crop per cell: merge candidates closer than half the NMS radius; a nucleus
+    if len(cand) > 1 and params.candidates != "dense":  # one crop per cell: merge candidates closer than half the NMS radius; a nucleus
         # blob wins over a heatmap peak on the same cell (it has the first pass's scores)
         keep = nms(cand[["x", "y"]].to_numpy(), cand["dark"].fillna(-1).to_numpy(), nms_px / 2)
         cand = cand.iloc[keep].reset_index(drop=True)
-    first = cand[list(FIRST_PASS_COLUMNS)].to_numpy(float) if FIRST_PASS_COLUMNS[0] in cand else None
+    first = cand[list(first_cols)].to_numpy(float) if first_cols[0] in cand else None
     if first is not None and not keep_all:  # cell-gstn only where its answer can matter
         need = needs_classifier(np.nan_to_num(first, nan=1.0), params)
         cand, first = cand[need].reset_index(drop=True), first[need]
@@ -397,9 +488,11 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
         cls, score = decide_detections(probs, classes, params, first)
         cols = {"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"}
         cols.update({f"p_{c}": probs[:, i].astype(float) for i, c in enumerate(classes)})
-        cols.update(cand_x=xy[:, 0], cand_y=xy[:, 1], dark=cand["dark"].to_numpy(), eosin=cand["eosin"].to_numpy())
+        cols.update(cand_x=xy[:, 0], cand_y=xy[:, 1])
+        if "dark" in cand:
+            cols.update(dark=cand["dark"].to_numpy(), eosin=cand["eosin"].to_numpy())
         if first is not None:  # the first pass's probabilities
-            cols.update(zip(FIRST_PASS_COLUMNS, first.T, strict=True))
+            cols.update(zip(first_cols, first.T, strict=True))
         det = pd.DataFrame(cols)
         if not keep_all:
             det = det[det["class"] != ""].reset_index(drop=True)
@@ -465,16 +558,17 @@ def detect_task(
     roi=None,
     all_tissue: bool = True,
     tissue=None,
-    candidates: str = "nuclei",
+    candidates: str = "dense",
     normalize=None,
     device: str = "auto",
-    model: str = "cell-gstn",
+    model: str | None = None,
     thresholds: dict | None = None,
     mpp: float | None = None,
     tile_um: float = TILE_UM,
     workers: int = 1,
     model_folder: str | None = None,
     first_pass: str | None = "cell-screen",
+    operating_point: str = "balanced",
 ) -> Task:
     """Detect mitotic figures and granulocytes in a region of a slide (or all its tissue).
 
@@ -485,15 +579,21 @@ def detect_task(
         Level-0 pixels; default the whole slide.
     all_tissue : bool
         Skip tiles without tissue (the tissue mask is computed when ``tissue`` is None).
-    candidates : {"nuclei", "heatmap", "both"}
-        Hematoxylin-blob screening, peaks of the weakly supervised heatmap, or both.
+    candidates : {"dense", "nuclei", "heatmap", "both"}
+        Peaks of cell-dense's likelihood maps (default), or the earlier hematoxylin-blob
+        screening, peaks of the weakly supervised heatmap, or both.
     normalize : None, method name or fitted StainNormalizer
         Optional stain normalisation of what the detector sees.
     device : "auto", "cpu", "cuda"
+    model : str, optional
+        The second stage (default cell-effnet with dense candidates, cell-gstn otherwise).
     thresholds : dict, optional
         Overrides of the ``detect_*`` thresholds (default: the model card's).
+    operating_point : {"balanced", "screening"}
+        Which of the model card's operating points: the best F1 on the validation domains, or
+        the highest thresholds that keep recall >= 0.9 on each of them (more to review).
     first_pass : str or None
-        The learned first pass (``cell-screen``) on the screening image: a class's score is
+        Candidates "nuclei" only: the learned first pass (``cell-screen``) on the screening image: a class's score is
         ``sqrt(p_first * p_gstn)`` and cell-gstn runs only where that can reach the threshold.
         None: cell-gstn on every screened blob, its probability is the score (slower; the
         card's ``gstn_only`` thresholds).
@@ -519,7 +619,7 @@ def detect_task(
     if candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
     params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,
-                         model_folder=model_folder, screen_model=first_pass)
+                         model_folder=model_folder, screen_model=first_pass, operating_point=operating_point)
     if normalize is not None:
         params = yield from _with_normalizer(slide, params, normalize, device)
     if all_tissue and tissue is None:
@@ -611,11 +711,19 @@ def finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi=None, all_tiss
     }
 
 
-def make_params(model="cell-gstn", device="auto", candidates="nuclei", thresholds=None, tile_um=TILE_UM,
-                model_folder=None, screen_model: str | None = "cell-screen", **kw) -> DetectParams:
+def make_params(model=None, device="auto", candidates="dense", thresholds=None, tile_um=TILE_UM,
+                model_folder=None, screen_model: str | None = "cell-screen", operating_point: str = "balanced",
+                **kw) -> DetectParams:
+    """Detection parameters: the second stage ``model`` (default: the one the candidate mode was
+    validated with, :data:`DEFAULT_MODEL`), its thresholds at ``operating_point`` ("balanced" or
+    "screening"), then the ``thresholds`` given (``detect_*`` keys) on top."""
     from ..models.registry import resolve_device
 
-    thr = model_thresholds(model, model_folder, first_pass=bool(screen_model))
+    if candidates not in CANDIDATE_MODES:
+        raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
+    model = model or DEFAULT_MODEL[candidates]
+    thr = model_thresholds(model, model_folder, first_pass=bool(screen_model) or candidates == "dense",
+                           operating_point=operating_point)
     if thresholds:
         unknown = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
         if unknown:
@@ -625,7 +733,7 @@ def make_params(model="cell-gstn", device="auto", candidates="nuclei", threshold
         raise DetectError(f"tile_um must be larger than 64 um, got {tile_um}")
     return DetectParams(model=model, device=str(resolve_device(device)), candidates=candidates, thresholds=thr,
                         tile_um=float(tile_um), model_folder=None if model_folder is None else str(model_folder),
-                        screen_model=screen_model or None, **kw)
+                        screen_model=screen_model or None, operating_point=operating_point, **kw)
 
 
 def _with_normalizer(slide, params: DetectParams, normalize, device):

@@ -61,8 +61,10 @@ def _sub(task, index: int, n: int, kind: str):
 
 
 def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("cells",), device: str = "auto",
-                normalize: str | None = None, nuclei_method: str = "unet") -> Task:
-    """Run ``steps`` on ``roi`` (level-0 ``x, y, w, h``) or on all tissue.
+                normalize: str | None = None, nuclei_method: str = "unet", operating_point: str = "balanced",
+                thresholds: dict | None = None) -> Task:
+    """Run ``steps`` on ``roi`` (level-0 ``x, y, w, h``) or on all tissue; the detection at the
+    detector's ``operating_point`` ("balanced", "screening") with ``thresholds`` on top.
 
     Returns a dict ``{"tissue": TissueMask or None, "region": roi or None,
     "<step>": result ...}``.
@@ -101,7 +103,8 @@ def review_task(slide, roi=None, all_tissue: bool = False, tissue=None, steps=("
     if "cells" in steps:
         from .detect import detect_task
 
-        det = yield from _sub(detect_task(slide, all_tissue=all_tissue, device=device, normalize=normalize, **region_kw),
+        det = yield from _sub(detect_task(slide, all_tissue=all_tissue, device=device, normalize=normalize,
+                                          operating_point=operating_point, thresholds=thresholds, **region_kw),
                               i, n, "detections")
         out["cells"] = det
         i += 1

@@ -143,7 +143,7 @@ class ReviewWidget(QWidget):
         p = self.analyse_panel
         self.region, self.step_boxes, self.nuclei_method, self.stain = p.region, p.step_boxes, p.nuclei_method, p.stain
         self.device, self.device_label, self.run_button = p.device, p.device_label, p.run_button
-        self.progress, self.status = p.progress, p.status
+        self.progress, self.status, self.sensitivity = p.progress, p.status, p.sensitivity
         p = self.queue_panel
         self.order, self.prev_button, self.next_button = p.order, p.prev_button, p.next_button
         self.new_class, self.review_label = p.new_class, p.review_label
@@ -351,8 +351,10 @@ class ReviewWidget(QWidget):
         stain = self.stain.currentText()
         review.ensure_layer()
         review.layer.visible = True
+        operating_point, thresholds = self.sensitivity.choice()
         task = review_task(slide, roi, all_tissue, review.tissue, steps, self.device.currentText(),
-                           None if stain == "none" else stain, self.nuclei_method.currentText())
+                           None if stain == "none" else stain, self.nuclei_method.currentText(),
+                           operating_point=operating_point, thresholds=thresholds)
         self._run_ctx = RunContext(layer, review, region, steps)
         self._start(task, f"running {', '.join(steps) or 'nothing'} on {self.region.currentText()}...")
 

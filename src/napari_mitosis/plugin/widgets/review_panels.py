@@ -67,13 +67,80 @@ class SlidePanel(QGroupBox):
         form.addRow("Tissue:", self.tissue_label)
 
 
+class SensitivityControl(QWidget):
+    """The detector's operating point: "balanced" (the best F1 on validation labs the models never
+    saw), "screening" (recall >= 0.9 on each of them: more to review, fewer missed) or a custom
+    threshold on the detection score. Each choice says in its tooltip what it was chosen for,
+    from the model card."""
+
+    LABELS = {"balanced": "Balanced (best F1)", "screening": "Screening (miss fewer)", "custom": "Custom threshold"}
+
+    def __init__(self, model: str = "cell-effnet"):
+        super().__init__()
+        self.combo = QComboBox()
+        for key, label in self.LABELS.items():
+            self.combo.addItem(label, key)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.99)
+        self.threshold.setSingleStep(0.01)
+        self.threshold.setDecimals(2)
+        self.threshold.setToolTip("Minimum score sqrt(p_dense * p_classifier) of a mitotic figure")
+        self._points = self._card(model)
+        self.threshold.setValue(self._points.get("balanced", 0.6))
+        for i, key in enumerate(self.LABELS):
+            self.combo.setItemData(i, self._tooltip(key), 3)  # Qt.ToolTipRole
+        self.combo.currentIndexChanged.connect(self._changed)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Sensitivity:"))
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.threshold)
+        self._changed()
+
+    @staticmethod
+    def _card(model):
+        try:
+            from ...models.registry import read_spec
+
+            spec = read_spec(model)
+        except Exception:  # noqa: BLE001 -- no card: the control still offers a custom threshold
+            return {}
+        t, m = spec.thresholds, spec.metrics
+        out = {"balanced": t.get("detect_mitotic_figure"), "screening": t.get("screening/detect_mitotic_figure")}
+        for point in ("balanced", "screening"):
+            rec = [v for k, v in m.items() if k.startswith(f"mitotic_figure/{point}/") and k.endswith("/recall")]
+            f1 = [v for k, v in m.items() if k.startswith(f"mitotic_figure/{point}/") and k.endswith("/f1")]
+            if rec:
+                out[f"{point}_text"] = (f"chosen on validation labs the models never saw: recall {min(rec):.2f}-"
+                                        f"{max(rec):.2f}, F1 {min(f1):.2f}-{max(f1):.2f}")
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _tooltip(self, key):
+        if key == "custom":
+            return "Your own threshold on the detection score (higher: fewer, surer detections)"
+        what = "the best F1" if key == "balanced" else "the highest threshold with recall >= 0.9 on every lab"
+        return f"{what}; {self._points.get(f'{key}_text', 'see the model card')}"
+
+    def _changed(self, *_):
+        key = self.combo.currentData()
+        self.threshold.setEnabled(key == "custom")
+        if key != "custom" and key in self._points:
+            self.threshold.setValue(self._points[key])
+        self.combo.setToolTip(self._tooltip(key))
+
+    def choice(self) -> tuple[str, dict | None]:
+        """(operating point, threshold overrides or None) for the detection task."""
+        key = self.combo.currentData()
+        if key == "custom":
+            return "balanced", {"detect_mitotic_figure": float(self.threshold.value())}
+        return key, None
+
+
 class AnalysePanel(QGroupBox):
     """What to analyse (region, steps, device) and Run / Cancel with its progress.
 
-    :attr:`operating_point` is the place for the detector's sensitivity
-    control (operating point: screening / balanced / custom threshold); it is
-    empty until the detection code adds its widget there
-    (``panel.operating_point.addWidget(...)``).
+    :attr:`sensitivity` is the detector's operating point (balanced / screening /
+    custom threshold), in the :attr:`operating_point` layout.
     """
 
     def __init__(self, step_names: dict, unavailable: dict, devices_found: str):
@@ -89,8 +156,10 @@ class AnalysePanel(QGroupBox):
                 box.setEnabled(False)
                 box.setToolTip(unavailable[key])
             self.step_boxes[key] = box
-        self.operating_point = QVBoxLayout()  # the detector's sensitivity control goes here
+        self.operating_point = QVBoxLayout()  # the detector's sensitivity control
         self.operating_point.setContentsMargins(0, 0, 0, 0)
+        self.sensitivity = SensitivityControl()
+        self.operating_point.addWidget(self.sensitivity)
         self.nuclei_method = QComboBox()
         self.nuclei_method.addItems(["unet", "log"])
         self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")

