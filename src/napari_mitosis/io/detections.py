@@ -246,8 +246,8 @@ def write_geojson(df, path, mpp: float | None = None, slide: str | None = None, 
     return atomic_write_text(path, json.dumps(to_geojson(df, mpp, slide, object_type), indent=1))
 
 
-class _BadFeature(Exception):
-    """Raised inside :func:`from_geojson`; becomes a DetectionsError naming the feature."""
+class _BadFeature(DetectionsError):
+    """Raised inside :func:`from_geojson`; re-raised as a DetectionsError naming the feature."""
 
 
 def _number(v, what: str) -> float:
