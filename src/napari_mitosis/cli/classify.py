@@ -42,7 +42,9 @@ def cmd_classify(args) -> int:
     finally:
         bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.4f")
+    from ..io.detections import atomic_write_text, safe_csv_text
+
+    atomic_write_text(out, safe_csv_text(df, float_format="%.4f"))
     counts = df["class"].value_counts().to_dict()
     print(f"{len(df)} cells -> {out} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}; model {df.attrs.get('model')})")
     return 0

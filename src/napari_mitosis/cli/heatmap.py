@@ -48,7 +48,9 @@ def cmd_heatmap(args) -> int:
     msg = f"heatmap {heat.shape[1]} x {heat.shape[0]} px (1 px = {result.attrs['downsample']:.4g} level-0 px) -> {out}"
     if args.peaks:
         Path(args.peaks).parent.mkdir(parents=True, exist_ok=True)
-        peaks.to_csv(args.peaks, index=False)
+        from ..io.detections import atomic_write_text, safe_csv_text
+
+        atomic_write_text(args.peaks, safe_csv_text(peaks))
         msg += f"; {len(peaks)} candidate(s) -> {args.peaks}"
     else:
         msg += f"; {len(peaks)} candidate(s) above {result.attrs['threshold']:.3f}"

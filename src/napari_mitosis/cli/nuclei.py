@@ -86,7 +86,9 @@ def cmd_segment(args) -> int:
                          tile=(TIFF_TILE, TIFF_TILE), compression="zlib")
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.table, index=False)
+        from ..io.detections import atomic_write_text, safe_csv_text
+
+        atomic_write_text(args.table, safe_csv_text(table))
     print(f"{n} nuclei ({args.method}) in {w} x {h} px -> {out}" + (f", table -> {args.table}" if args.table else ""))
     return 0
 

@@ -51,7 +51,9 @@ def cmd_type(args) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    typed.to_csv(out, index=False, float_format="%.4f")
+    from ..io.detections import atomic_write_text, safe_csv_text
+
+    atomic_write_text(out, safe_csv_text(typed, float_format="%.4f"))
     print(f"{len(typed)} nuclei -> {out} ({legend_text(typed)}; model {typed.attrs.get('typing_model')})")
     return 0
 

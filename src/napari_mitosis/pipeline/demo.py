@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.overview import draw_overview, draw_points
+from ..io.detections import atomic_write_text, safe_csv_text
 from .progress import Progress, Task, as_step
 from .tissue import tissue_task
 
@@ -70,7 +71,7 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region:
         cells = None
         if truth is not None:
             cells = truth.cells()
-            cells.to_csv(out / "ground_truth.csv", index=False)
+            atomic_write_text(out / "ground_truth.csv", safe_csv_text(cells))
             overview = draw_points(overview, cells, slide.shape[1] / thumb.shape[1])
         imsave(out / "overview.png", overview, check_contrast=False)
         field = tissue_field(slide, tissue, region)
@@ -80,10 +81,10 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region:
             from .nuclei import segment_task
 
             _, nuclei = yield from as_step(segment_task(slide, roi=field), 2, 2)
-            nuclei.to_csv(out / "nuclei.csv", index=False)
+            atomic_write_text(out / "nuclei.csv", safe_csv_text(nuclei))
             if len(nuclei):
                 scores = yield from as_step(classify_points_task(slide, nuclei[["id", "x", "y"]]), 2, 2)
-                scores.to_csv(out / "scores.csv", index=False)
+                atomic_write_text(out / "scores.csv", safe_csv_text(scores))
         summary = {
             "slide": str(slide_path),
             "format": slide.format,
@@ -110,7 +111,7 @@ def demo_task(slide_path, out_dir, mpp: float | None = None, truth=None, region:
             summary["field_truth_granulocytes"] = int((inside["class"] == "granulocyte").sum())
         import pandas as pd
 
-        pd.DataFrame([summary]).to_csv(out / "counts.csv", index=False)
+        atomic_write_text(out / "counts.csv", safe_csv_text(pd.DataFrame([summary])))
     if analyze and summary["mpp"] is not None:
         from .analyze import analyze_task
 
