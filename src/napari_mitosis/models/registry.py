@@ -61,8 +61,9 @@ def check_name(name) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise ModelError(
             f"{name!r} is not a model name: use a registry name such as 'cell-gstn' "
-            f"(see 'napari-mitosis models'); for a model of your own, name its folder explicitly "
-            f"(the models folder option) and the model by its name in it")
+            f"(shipped: {', '.join(list_models()) or 'none'}); for a model of your own, name its "
+            f"folder explicitly (folder=, or the command's model-folder option) and the model by "
+            f"its name in that folder")
     return name
 
 
