@@ -245,6 +245,65 @@ PROFILE_STEPS = {
 }
 
 
+def cmd_profile_dense(args):
+    """One thread, the first ``--tiles`` tissue tiles, the default two-stage detector: the time of
+    each stage per tile against decoding the same tiles' level-0 pixels (the figure of merit is
+    decode time / detection time, as in ``throughput``)."""
+    import torch
+
+    from napari_mitosis.core.decision import needs_classifier
+    from napari_mitosis.io import open_slide
+    from napari_mitosis.models.dense_net import dense_candidates, dense_probabilities
+    from napari_mitosis.pipeline.detect import (
+        DENSE_HALO_UM,
+        _crops,
+        detect_tile,
+        load_models,
+        make_params,
+        plan_tiles,
+        read_screening,
+    )
+
+    torch.set_num_threads(1)
+    slide = open_slide(args.slide)
+    params = make_params(device="cpu")
+    (cls, cspec), (dense, _) = load_models(params)
+    tiles = plan_tiles(slide)[: args.tiles]
+    detect_tile(slide, *tiles[0], params, slide.mpp)  # models loaded, caches warm
+    cost = dict(read=0.0, dense=0.0, peaks=0.0, crops=0.0, classify=0.0, decode=0.0)
+    n_cand = n_cls = 0
+    for t in tiles:
+        t0 = time.perf_counter()
+        rgb, ox, oy, ds, m = read_screening(slide, *t, slide.mpp, params.screen_mpp, DENSE_HALO_UM)
+        t1 = time.perf_counter()
+        prob = dense_probabilities(dense, rgb)
+        t2 = time.perf_counter()
+        xy, vals = dense_candidates(prob, [params.thr("detect_candidate_mitotic_figure"),
+                                           params.thr("detect_candidate_granulocyte")])
+        need = needs_classifier(vals, params)
+        xy0 = np.column_stack([ox + (xy[need, 0] + 0.5) * ds - 0.5, oy + (xy[need, 1] + 0.5) * ds - 0.5])
+        t3 = time.perf_counter()
+        inputs, _, _ = _crops(slide, xy0, slide.mpp, int(cspec.patch_size), float(cspec.mpp))
+        t4 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(inputs), 64):
+                cls(torch.from_numpy(np.ascontiguousarray(inputs[i : i + 64])).permute(0, 3, 1, 2))
+        t5 = time.perf_counter()
+        slide.read_region(0, *t)
+        t6 = time.perf_counter()
+        for k, v in zip(cost, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+            cost[k] += v
+        n_cand, n_cls = n_cand + len(xy), n_cls + int(need.sum())
+    n = len(tiles)
+    detect = sum(v for k, v in cost.items() if k != "decode")
+    out = {"slide": Path(args.slide).name, "tiles": n, "tile_um": params.tile_um,
+           "ms_per_tile": {k: round(1000 * v / n, 1) for k, v in cost.items()},
+           "candidates_per_tile": n_cand / n, "classified_per_tile": n_cls / n,
+           "decode_over_detect": cost["decode"] / detect}
+    print(json.dumps(out, indent=1))
+    _save("profile_dense", out)
+
+
 def cmd_profile(args):
     """One thread, the first ``--tiles`` tissue tiles: where a tile's time goes, and how many
     blobs reach each stage."""
@@ -305,6 +364,10 @@ if __name__ == "__main__":
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[32768, 65536])
     m.set_defaults(func=cmd_memory)
+    pd_ = sub.add_parser("profile-dense")
+    pd_.add_argument("slide")
+    pd_.add_argument("--tiles", type=int, default=12)
+    pd_.set_defaults(func=cmd_profile_dense)
     pr = sub.add_parser("profile")
     pr.add_argument("slide")
     pr.add_argument("--tiles", type=int, default=24)

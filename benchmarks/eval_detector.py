@@ -231,6 +231,9 @@ def main(argv=None):
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--checkpoints", action="store_true", help="evaluate CACHE/ckpt instead of the shipped models")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None,
+                    help="second stage on the same dense candidates, e.g. cell-gstn (the paper's guided STN) to "
+                         "compare; results then go to benchmarks/detector_results_MODEL.json only")
     a = ap.parse_args(argv)
     import torch
 
@@ -243,7 +246,10 @@ def main(argv=None):
     if a.checkpoints:  # the checkpoints as model files, thresholds from a placeholder operating point
         folder = tempfile.mkdtemp(prefix="detector_eval_")
         write_models(cache, out=folder, op=placeholder_op())
-    params = make_params(device="cpu", model_folder=folder, thresholds=LOOSE, dense_folder=folder)
+    if a.model:
+        params = make_params(device="cpu", model=a.model, thresholds=LOOSE, dense_folder=folder)
+    else:
+        params = make_params(device="cpu", model_folder=folder, thresholds=LOOSE, dense_folder=folder)
     t0 = time.time()
     sets = validation_sets(cache)
     rows_by = {}
@@ -256,8 +262,10 @@ def main(argv=None):
     la_scr, _ = lookalike_share(sets, rows_by["lookalike"], mit["candidate"], mit["screening"])
     op = dict(mitotic_figure=mit, granulocyte=gran, lookalike=dict(n=n_la, balanced=la_bal, screening=la_scr),
               models="checkpoints" if a.checkpoints else "shipped")
-    (cache / "operating_points.json").write_text(json.dumps(op, indent=1, default=float))
-    (ROOT / "benchmarks" / "detector_results.json").write_text(json.dumps(
+    if not a.model:
+        (cache / "operating_points.json").write_text(json.dumps(op, indent=1, default=float))
+    suffix = f"_{a.model}" if a.model else ""
+    (ROOT / "benchmarks" / f"detector_results{suffix}.json").write_text(json.dumps(
         {k: ({kk: vv for kk, vv in v.items() if kk != "curve"} if isinstance(v, dict) else v) for k, v in op.items()},
         indent=1, default=float))
     for cname, o in (("mitotic_figure", mit), ("granulocyte", gran)):

@@ -13,7 +13,7 @@ What is drawn, in physical units (um), at any pixel size:
 - tumour nests: pale cytoplasm, large nuclei of varied size, shape and
   chromatin texture, with nucleoli;
 - mitotic figures: condensed, very dark chromatin with ragged edges as a
-  metaphase plate, a prometaphase ring or two anaphase plates, in a clear halo;
+  metaphase plate, a prometaphase clump or two anaphase plates, ragged, in a clear halo;
 - eosinophilic granulocytes: a bilobed nucleus in bright, granular
   eosinophilic cytoplasm.
 
@@ -47,7 +47,7 @@ EOSIN_TYPICAL = (0.2159, 0.8012, 0.5581)
 #: Cell types drawn by the generator.
 CELL_TYPES = ("tumour", "lymphocyte", "fibroblast", "mitotic_figure", "granulocyte")
 #: Shapes of mitotic figures.
-FIGURE_SHAPES = ("plate", "ring", "anaphase")
+FIGURE_SHAPES = ("plate", "clump", "anaphase")
 #: Classifier class of each cell type.
 CLASS_OF_TYPE = {
     "tumour": "other",
@@ -371,9 +371,10 @@ def _paint_cytoplasm(E, H, yu, xu, sites, k, granules):
     sl, dy, dx = win
     r = np.sqrt(dy**2 + dx**2)
     inside = np.clip(radius - r, 0, 1)  # 1 um soft edge
-    if kind == "mitotic_figure":  # clear halo around the condensed chromatin
-        E[sl] = E[sl] * (1 - 0.55 * inside)
-        H[sl] = H[sl] * (1 - 0.6 * inside)
+    if kind == "mitotic_figure":  # a clear halo around the condensed chromatin (no nuclear membrane)
+        soft = np.clip((radius - r) / 2.0, 0, 1)  # fading over 2 um, not a drawn disc
+        E[sl] = E[sl] * (1 - 0.35 * soft)
+        H[sl] = H[sl] * (1 - 0.6 * soft)
     else:  # bright eosinophilic granular cytoplasm
         g = granules[sl]
         cyto = 1.0 + 0.9 * (g > 0.55) * (g - 0.55) * 4 + 0.25 * g
@@ -424,22 +425,24 @@ def _paint_nucleus(E, H, labels, yu, xu, sites, k, chromatin, angle_field):
         lobe2 = (along + sep) ** 2 + (across - 0.4 * (tone - 0.5)) ** 2 < rad**2
         mask = lobe1 | lobe2
         dens = 0.95 + 0.2 * tone + 0.2 * (tex - 0.5)
-    else:  # mitotic figure: condensed chromatin with ragged, hairy edges
+    else:  # mitotic figure: condensed chromatin, clumped, with ragged, hairy edges (chromosome arms)
         along, across = _rotate(dy, dx, theta)
-        rag = 0.55 * (tex - 0.5)
+        ang = np.arctan2(across, along)
+        phase = sites["u9"][k] * 2 * np.pi
+        rag = 1.2 * (tex - 0.5) - 0.25 * np.maximum(np.sin(3 * ang + phase) * np.sin(5 * ang - phase), 0)
         shape = sites["shape"][k]
-        length = 4.0 + 2.0 * size
-        width = 0.9 + 0.5 * aspect
+        length = 3.0 + 1.6 * size  # half-length of a metaphase plate: 6-9 um long
+        width = 1.2 + 0.7 * aspect  # half-width: a thick band, not a line
         if shape == "plate":
             dist = np.maximum(np.abs(across) - width, (np.abs(along) - length) * 1.5)
-        elif shape == "ring":
-            r0 = 2.6 + 1.0 * size
-            dist = np.abs(np.sqrt(dy**2 + dx**2) - r0) - 0.55 * width
+        elif shape == "clump":  # prometaphase: an irregular dark mass
+            r0 = 2.3 + 0.9 * size
+            dist = np.sqrt(dy**2 + dx**2) * (1 + 0.12 * np.sin(3 * ang + phase) + 0.08 * np.sin(5 * ang)) - r0
         else:  # anaphase: two parallel plates moving apart
-            gap = 1.8 + 1.4 * aspect
-            dist = np.maximum(np.abs(np.abs(across) - gap) - 0.6 * width, (np.abs(along) - length * 0.9) * 1.5)
+            gap = 1.9 + 1.4 * aspect
+            dist = np.maximum(np.abs(np.abs(across) - gap) - 0.75 * width, (np.abs(along) - length * 0.9) * 1.5)
         mask = dist + rag < 0
-        dens = 1.55 + 0.35 * tone + 0.4 * (tex - 0.5)
+        dens = 1.9 + 0.35 * tone + 0.6 * (tex - 0.5)
     if not mask.any():
         return
     H[sl] = np.where(mask, dens, H[sl])
