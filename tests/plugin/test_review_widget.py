@@ -87,6 +87,7 @@ def test_run_cells_in_a_drawn_rectangle_streams_detections_and_counts(make_napar
     rows, _, area, _ = widget.counts()
     assert 0 < area <= 700 * 600 * 0.499**2 / 1e6 * 1.1
     assert f"{rows[0]['count']}" in widget.counts_label.text()
+    widget.review.flush()  # autosaves are written in the background
     saved = json.loads((slide_path.parent / "CMU-1-Small-Region.svs.mitosis.json").read_text())
     assert len(saved["detections"]) == len(df)
     # the canvas shows the slide (not a blank image)
@@ -133,6 +134,7 @@ def test_keyboard_review_autosaves_and_reopens(make_napari_viewer, qtbot, tmp_pa
     layer, points = _review_with_detections(viewer, widget, slide_path)
 
     def saved():
+        widget.review.flush()  # autosaves are written in the background
         return pd.DataFrame(json.loads(sidecar.read_text())["detections"]).set_index("id")
 
     # N: the most likely mitosis first, centred and selected
@@ -230,6 +232,7 @@ def test_another_slides_review_file_is_refused_and_kept(make_napari_viewer, tmp_
     widget = ReviewWidget(viewer)
     _review_with_detections(viewer, widget, slide_path)
     assert "refusing" in widget.status.text()
+    widget.review.flush()
     assert json.loads(sidecar.read_text()) == other  # untouched; this review is saved under another name
     assert widget.review.path != sidecar and widget.review.path.exists()
 

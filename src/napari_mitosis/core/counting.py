@@ -325,7 +325,7 @@ def review_counts(xy, classes, tissue_mask, mask_downsample: float, mpp: float |
     (2, 2, 6.25)
     """
     xy = np.asarray(xy, float).reshape(-1, 2)
-    classes = np.asarray(list(classes), dtype=object)
+    classes = classes.to_numpy(dtype=object) if hasattr(classes, "to_numpy") else np.asarray(list(classes), dtype=object)
     if tissue_mask is None or mpp is None:
         area = None
         if mpp is not None and regions and None not in regions:

@@ -55,6 +55,7 @@ class DetectionReview:
     slide_layer : the Image layer of the slide (its ``metadata['slide']`` is a Slide)
     folder : where to save the annotation file (default: beside the slide, or the fallback folder)
     on_change : called after every change (e.g. to refresh counts)
+    on_save : called with the review after each background save (``save_error`` says if it failed)
     canvas_width : callable returning the canvas width in screen pixels (for the zoom of a queue jump)
 
     Everything that belongs to one slide lives here, not in the widget: the
@@ -63,12 +64,16 @@ class DetectionReview:
     """
 
     def __init__(self, viewer, slide_layer, folder=None, on_change=None, mpp: float | None = None,
-                 canvas_width=None):
+                 canvas_width=None, on_save=None):
         self.viewer = viewer
         self.slide_layer = slide_layer
         self.slide = slide_layer.metadata["slide"]
         self.mpp = mpp or self.slide.mpp
         self.on_change = on_change
+        self.on_save = on_save  # called after each background save (the widget shows where, or why not)
+        self._saver = None
+        self._defaults_for = None  # the class the layer's defaults (new points) are set for
+        self._shown = None  # what the layer shows: ids, x/y, class, status (for edits that change a few rows)
         self.current_class = "mitotic_figure"
         self.order = "score"
         self.layer = None
@@ -147,21 +152,71 @@ class DetectionReview:
                                 for k, v in self.hotspot.as_dict().items()}
         return extra
 
-    def save(self) -> Path:
-        """Write the review now (atomically). Falls back to the fallback folder if the folder is read-only."""
-        extra = self._extras()
+    # Saving: every change asks the background saver (:mod:`.autosave`) for a save; the GUI never
+    # waits for the file. save() / try_save() write now (after any save in flight).
+    def _snapshot(self):
+        from types import SimpleNamespace
+
+        s = self.state
+        return self.path, SimpleNamespace(df=s.df, rejected=s.rejected, thresholds=dict(s.thresholds)), self._extras()
+
+    def _write(self, snap):
+        """Write a snapshot (in the writer thread, or on this one for save()); returns (path, note)."""
+        path, state, extra = snap
         try:
-            return sidecar.save_review(self.path, self.state, self.identity, extra)
+            return sidecar.save_review(path, state, self.identity, extra), ""
         except OSError as exc:
             fallback = sidecar.fallback_folder() / f"{Path(self.slide.path).name}.{self.identity['fingerprint']}{sidecar.SUFFIX}"
-            if fallback == self.path:
+            if fallback == path:
                 raise
-            self.notes.append(f"cannot write {self.path} ({exc.strerror}); saving to {fallback}")
-            self.path = fallback
-            return sidecar.save_review(self.path, self.state, self.identity, extra)
+            return sidecar.save_review(fallback, state, self.identity, extra), \
+                f"cannot write {path} ({exc.strerror}); saving to {fallback}"
+
+    def _saved(self, result, error):
+        """A save finished (GUI thread): keep where it went, or why it failed."""
+        if error is not None:
+            if not isinstance(error, (OSError, ValueError)):
+                error = RuntimeError(str(error))
+            self.save_error = f"{type(error).__name__}: {error}"
+        else:
+            path, note = result
+            self.save_error = None
+            if note:
+                self.notes.append(note)
+            self.path = Path(path)
+        if self.on_save is not None:
+            self.on_save(self)
+
+    @property
+    def saver(self):
+        if self._saver is None:
+            from .autosave import BackgroundSaver
+
+            self._saver = BackgroundSaver(self._snapshot, self._write, self._saved)
+        return self._saver
+
+    def request_save(self, later: bool = False):
+        """Save in the background: soon, or ``later`` (a run's tile: the tiles finishing meanwhile share it)."""
+        from .autosave import RUN_SAVE_DELAY_MS
+
+        self.saver.request(RUN_SAVE_DELAY_MS if later else 0)
+
+    def flush(self):
+        """Wait until everything changed so far is in the file (e.g. before napari closes, in tests)."""
+        if self._saver is not None:
+            self._saver.flush()
+
+    def save(self) -> Path:
+        """Write the review now (atomically). Falls back to the fallback folder if the folder is read-only."""
+        self.flush()
+        path, note = self._write(self._snapshot())
+        if note:
+            self.notes.append(note)
+        self.path = Path(path)
+        return self.path
 
     def try_save(self) -> bool:
-        """Save; on failure keep the reason in :attr:`save_error` (shown by the widget, which retries)
+        """Save now; on failure keep the reason in :attr:`save_error` (shown by the widget, which retries)
         instead of raising into napari's event handlers. True when saved."""
         try:
             self.save()
@@ -173,12 +228,14 @@ class DetectionReview:
 
     def move_file(self, folder) -> Path:
         """Save the review into another folder from now on."""
+        self.flush()
         self.path = sidecar.sidecar_path(self.slide.path, self.identity, folder)
         return self.save()
 
-    def _changed(self, save: bool = True):
+    def _changed(self, save: bool | str = True):
+        """After every change: save (in the background; ``"later"`` for a run's tiles), show, tell the widget."""
         if save:
-            self.try_save()
+            self.request_save(later=save == "later")
         self.refresh()
         if self.on_change is not None:
             self.on_change()
@@ -226,6 +283,7 @@ class DetectionReview:
             metadata={"napari_mitosis": "detections", "mpp": self.mpp, "slide_path": str(self.slide.path)},
         )
         self.layer.current_size = size
+        self._defaults_for, self._shown = None, None
         self.layer.events.data.connect(self._on_layer_data)
         self._bind_keys(self.layer)
         self.refresh()
@@ -236,7 +294,11 @@ class DetectionReview:
         return any(ly.unique_id == self.layer.unique_id for ly in self.viewer.layers)
 
     def refresh(self):
-        """Show the review's detections in the layer (selection kept by id)."""
+        """Show the review's detections in the layer (selection kept by id).
+
+        An edit changes a few rows: only those are updated in the layer (its arrays in place, then one
+        redraw), so that with a million detections a key press costs one redraw, not a rebuild of the
+        layer. Anything else (undo of a removal, a reordered table) rebuilds the layer."""
         if self.layer is None or not self._layer_shown():
             return
         layer, df = self.layer, self.state.df
@@ -244,25 +306,102 @@ class DetectionReview:
         if len(layer.data) and layer.selected_data and "id" in layer.features:
             ids = layer.features["id"].to_numpy()
             selected_ids = {int(ids[i]) for i in layer.selected_data if i < len(ids)}
+        if self._focus is not None:
+            selected_ids.add(self._focus)
         self._syncing = True
         try:
             layer.selected_data = set()
-            yx = df[["y", "x"]].to_numpy(float) if len(df) else np.zeros((0, 2))
-            feats = self._features()
-            layer.data = yx
-            layer.features = feats
-            if len(df):
-                layer.face_color = np.array([class_color(c, 1.0) for c in df["class"]])
-                layer.border_color = np.array([STATUS_COLORS.get(s, (1, 1, 1, 1)) for s in df["status"]])
-                if self._focus is not None:
-                    selected_ids.add(self._focus)
+            if not self._refresh_rows(layer, df):
+                self._rebuild(layer, df)
+            self._shown = self._shown_of(df)
+            if len(df) and selected_ids:
                 idx = np.nonzero(df["id"].isin(selected_ids).to_numpy())[0]
                 layer.selected_data = {int(i) for i in idx}
-            layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
-            layer.current_face_color = hex_color(class_color(self.current_class))
-            layer.current_border_color = hex_color(STATUS_COLORS["added"][:3])
+            if self._defaults_for != self.current_class:  # each of these redraws all points: only when changed
+                layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
+                layer.current_face_color = hex_color(class_color(self.current_class))
+                layer.current_border_color = hex_color(STATUS_COLORS["added"][:3])
+                self._defaults_for = self.current_class
         finally:
             self._syncing = False
+
+    @staticmethod
+    def _shown_of(df):
+        return {"id": df["id"].to_numpy(np.int64).copy(), "yx": df[["y", "x"]].to_numpy(float),
+                "class": df["class"].astype(object).to_numpy(), "status": df["status"].astype(object).to_numpy()}
+
+    @staticmethod
+    def _colors(classes, statuses):
+        classes, statuses = np.asarray(classes, object), np.asarray(statuses, object)
+        face = np.empty((len(classes), 4), np.float32)
+        border = np.empty((len(statuses), 4), np.float32)
+        for c in set(classes.tolist()):
+            face[classes == c] = class_color(c, 1.0)
+        for st in set(statuses.tolist()):
+            border[statuses == st] = STATUS_COLORS.get(st, (1, 1, 1, 1))
+        return face, border
+
+    def _rebuild(self, layer, df):
+        yx = df[["y", "x"]].to_numpy(float) if len(df) else np.zeros((0, 2))
+        layer.data = yx
+        layer.features = self._features()
+        if len(df):
+            face, border = self._colors(df["class"], df["status"])
+            layer.face_color = face
+            layer.border_color = border
+
+    def _refresh_rows(self, layer, df) -> bool:
+        """Bring the layer in line by the rows that changed; False when it has to be rebuilt.
+
+        Handled: rows removed (order kept), rows appended, class/status/position changes of the
+        others: what edits, imports and a run's tiles do."""
+        old = self._shown
+        if old is None or len(layer.data) != len(old["id"]) or not len(old["id"]):
+            return False
+        new_ids = df["id"].to_numpy(np.int64)
+        keep = np.isin(old["id"], new_ids)
+        m = int(keep.sum())
+        if m > len(new_ids) or not np.array_equal(old["id"][keep], new_ids[:m]) or np.isin(new_ids[m:], old["id"]).any():
+            return False
+        if m == 0 or len(new_ids) - m > max(1000, m):  # mostly new: rebuilding is as cheap
+            return False
+        changed = False
+        if not keep.all():
+            layer.selected_data = set(np.nonzero(~keep)[0].tolist())
+            layer.remove_selected()
+            changed = True
+        if len(new_ids) > m:  # appended rows: added as napari adds points, then given their own values
+            layer.add(df[["y", "x"]].to_numpy(float)[m:])
+            changed = True
+        feats = layer.features
+        if len(feats) != len(df):
+            return False
+        cls = df["class"].astype(object).to_numpy()
+        st = df["status"].astype(object).to_numpy()
+        yx = df[["y", "x"]].to_numpy(float)
+        rows = np.zeros(len(df), bool)
+        rows[m:] = True
+        rows[:m] |= (old["class"][keep] != cls[:m]) | (old["status"][keep] != st[:m])
+        moved = np.zeros(len(df), bool)
+        moved[:m] = (old["yx"][keep] != yx[:m]).any(axis=1)
+        if moved.any():
+            layer.data[moved] = yx[moved]  # the layer's own array, redrawn below
+            changed = True
+        if rows.any():
+            idx = np.nonzero(rows)[0]
+            new = self._features().iloc[idx]
+            for col in feats.columns:
+                if col in new:
+                    feats.loc[feats.index[idx], col] = new[col].to_numpy()
+            face, border = self._colors(cls[idx], st[idx])
+            layer.face_color[idx] = face
+            layer.border_color[idx] = border
+            if layer.text.visible:
+                layer.refresh_text()
+            changed = True
+        if changed:
+            layer.refresh()
+        return True
 
     def _on_layer_data(self, event):
         """napari's own tools changed the points: bring the review in line."""
@@ -376,7 +515,7 @@ class DetectionReview:
         df = df[region_contains(region, df[["x", "y"]].to_numpy(float))]
         ids = self.state.add_run_tile(df, run_ids, self._same_cell_px())
         if ids or len(df):
-            self._changed()
+            self._changed(save="later")  # the tiles finishing meanwhile share one save
         return ids
 
     def finish_run(self, region, run_ids: set) -> int:

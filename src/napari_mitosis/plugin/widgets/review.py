@@ -224,6 +224,8 @@ class ReviewWidget(QWidget):
         if ctx is not None and ctx.layer.unique_id == gone.unique_id and self.worker is not None:
             self._cancel()  # its slide is gone (or napari is closing): stop the run
         review = self._reviews.pop(gone.unique_id, None)
+        if review is not None:
+            review.flush()  # what is waiting for the writer goes to the file before the review is dropped
         if review is not None and review is self.review:
             self.review = None
         self._refresh()
@@ -281,7 +283,8 @@ class ReviewWidget(QWidget):
 
         key = layer.unique_id
         if key not in self._reviews:
-            review = DetectionReview(self.viewer, layer, on_change=self._update_counts, canvas_width=self._canvas_width)
+            review = DetectionReview(self.viewer, layer, on_change=self._update_counts, canvas_width=self._canvas_width,
+                                     on_save=self._on_saved)
             self._reviews[key] = review
             slide = layer.metadata["slide"]
             if slide.mpp is None and review.mpp is not None:  # the pixel size entered last time
@@ -307,7 +310,7 @@ class ReviewWidget(QWidget):
         review = self._reviews.get(layer.unique_id)
         apply_mpp(layer, review, float(self.mpp_box.value()))
         if review is not None:
-            review.save()  # the pixel size is part of the review
+            review.request_save()  # the pixel size is part of the review
         self.viewer.reset_view()
         self._refresh()
         self._update_counts()
@@ -370,6 +373,7 @@ class ReviewWidget(QWidget):
         worker.returned.connect(lambda result: self._on_done(result, ctx))
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self._on_aborted(ctx))
+        worker.finished.connect(lambda: ctx.review.request_save())  # the tiles' saves waiting: now
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setText("Cancel")
@@ -402,7 +406,7 @@ class ReviewWidget(QWidget):
         self._keep_detections_on_top(ctx.review)
         if ctx.review is self.review:
             self.tissue_label.setText(show.tissue_text(tissue))
-        ctx.review.save()
+        ctx.review.request_save()
         self._update_counts()
 
     def _show_detections(self, df, ctx: RunContext):
@@ -551,13 +555,15 @@ class ReviewWidget(QWidget):
         if not self._save_retry.isActive():
             self._save_retry.start(SAVE_RETRY_S * 1000)
 
+    def _on_saved(self, review):
+        """A background save finished: show where it went (or why it failed) if it is the slide shown."""
+        if review is self.review:
+            self._show_save_state(review)
+
     def _retry_save(self):
-        review = self.review
         for r in self._reviews.values():
             if r.save_error is not None:
-                r.try_save()
-        if review is not None:
-            self._show_save_state(review)
+                r.request_save()  # in the background too; _on_saved shows the outcome
     def export(self, folder) -> dict:
         """Write ``counts.csv``, ``detections.csv``, ``detections.geojson`` (and ``nuclei_types.csv``
         when nuclei were typed) into ``folder``."""

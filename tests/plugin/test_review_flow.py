@@ -1,0 +1,118 @@
+"""Issue #17, items 8-16: the review stays interactive with a million detections, the keys work whatever
+layer is selected, the GUI stays fluid during a run, the current cell and a detection table are shown,
+markers a pathologist can see through, imports that cannot be trusted are refused."""
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_mitosis.plugin.widgets.review import ReviewWidget, RunContext
+from tests.conftest import shared_file
+from tests.plugin.test_review_widget import _link, _open
+
+pytestmark = pytest.mark.gui
+
+CMU = ("slides", "CMU-1-Small-Region_pyramid.ome.tif")
+
+
+@pytest.fixture(autouse=True)
+def _fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MITOSIS_ANNOTATIONS", str(tmp_path / "fallback"))
+
+
+def _sidecar(slide_path):
+    return slide_path.parent / (slide_path.name + ".mitosis.json")
+
+
+def _cells(n, seed=0, w=2200, h=2900):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"x": rng.uniform(0, w, n), "y": rng.uniform(0, h, n), "class": "mitotic_figure",
+                         "score": rng.uniform(0, 1, n)})
+
+
+# ------------------------------------------------------------------ 8: a million detections
+def test_edits_stay_interactive_with_a_million_detections(make_napari_viewer, qtbot, tmp_path):
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    r = widget.review
+    r.add_model_detections(_cells(10**6))
+    r.flush()
+    r.layer.selected_data = {5}
+    times = {}
+    for name, edit in [("confirm", r.confirm), ("class", lambda: r.set_class("granulocyte")), ("remove", r.remove),
+                       ("add", lambda: r.add_at(np.asarray(r.layer.data_to_world((100.0, 100.0))))), ("undo", r.undo)]:
+        t = time.perf_counter()
+        edit()
+        times[name] = time.perf_counter() - t
+        r.layer.selected_data = {7}
+    # before: 15-60 s each (a full JSON save and a rebuild of the layer on the GUI thread)
+    assert max(times.values()) < 4.0, times
+    # the layer shows what the review holds
+    assert len(r.layer.data) == len(r.state.df)
+    np.testing.assert_array_equal(r.layer.features["id"].to_numpy(), r.state.df["id"].to_numpy())
+    assert list(r.layer.features["status"].iloc[[5, 6]]) == list(r.state.df["status"].iloc[[5, 6]])
+    # saved in the background: the file holds every edit once the writer is done
+    qtbot.waitUntil(lambda: not r.saver.busy, timeout=120_000)
+    saved = json.loads(_sidecar(slide_path).read_text())
+    assert len(saved["detections"]) == len(r.state.df)
+    assert sum(d["status"] == "added" for d in saved["detections"]) == 0  # the add was undone
+    assert r.save_error is None
+
+
+def test_edits_are_saved_off_the_gui_thread_and_coalesced(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_mitosis.io import sidecar
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    r = widget.review
+    r.add_model_detections(_cells(100))
+    r.flush()
+    real, threads = sidecar.save_review, []
+
+    def slow(*a, **k):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sidecar, "save_review", slow)
+    t = time.perf_counter()
+    for i in range(10):
+        r.layer.selected_data = {i}
+        r.confirm()
+    assert time.perf_counter() - t < 2.0  # ten edits did not wait for ten 0.5 s saves
+    qtbot.waitUntil(lambda: not r.saver.busy, timeout=10_000)
+    assert 1 <= len(threads) <= 3 and all("autosave" in n for n in threads), threads  # coalesced, in a thread
+    saved = json.loads(_sidecar(slide_path).read_text())
+    assert sum(d["status"] == "confirmed" for d in saved["detections"]) == 10
+
+
+def test_a_runs_tiles_share_their_saves(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_mitosis.io import sidecar
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    layer = _open(viewer, slide_path)
+    r = widget.review
+    r.flush()
+    calls = []
+    real = sidecar.save_review
+    monkeypatch.setattr(sidecar, "save_review", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    ctx = RunContext(layer, r, None, ["cells"])
+    for k in range(20):  # twenty tiles of a run, as they stream in
+        widget._show_detections(_cells(30, seed=k, w=100).assign(x=lambda d, k=k: d.x + 100 * k), ctx)
+        qtbot.wait(20)
+    assert len(r.state.df) == 600
+    assert len(calls) <= 2, f"{len(calls)} full saves for 20 tiles"
+    r.request_save()  # as the end of a run does
+    qtbot.waitUntil(lambda: not r.saver.busy, timeout=10_000)
+    assert len(json.loads(_sidecar(slide_path).read_text())["detections"]) == 600
