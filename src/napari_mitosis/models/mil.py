@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import NapariMitosisError
+from .tensors import rgb_to_tensor
 
 #: Working pixel size of the shipped model (um/px); inputs are rescaled to it.
 MIL_MPP = 0.5
@@ -230,7 +231,7 @@ def check_patch(rgb, stages: int = 3, what: str = "patch") -> np.ndarray:
 
 def to_tensor(rgb: np.ndarray):
     """(rows, cols, 3) uint8 -> (1, 3, rows, cols) float tensor in 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    return rgb_to_tensor(rgb, scale=255.0, channels_last=True)
 
 
 def predict_map(net, rgb, device=None) -> np.ndarray:

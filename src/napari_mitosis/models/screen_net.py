@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .tensors import rgb_to_tensor
+
 CLASSES = ("mitotic_figure", "granulocyte", "other")
 SCREEN_MPP = 0.5
 PATCH = 32
@@ -87,11 +89,8 @@ def patches_at(rgb: np.ndarray, xs, ys, size: int = PATCH) -> np.ndarray:
 
 
 def to_tensor(patches: np.ndarray):
-    """``(n, P, P, 3)`` uint8 -> ``(n, 3, P, P)`` float32 tensor in channels-last memory."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float()
-    return t.contiguous(memory_format=torch.channels_last)
+    """``(n, P, P, 3)`` uint8 -> ``(n, 3, P, P)`` float32 tensor (0-255) in channels-last memory."""
+    return rgb_to_tensor(patches, scale=1.0, channels_last=True)
 
 
 def screen_probs(net, rgb: np.ndarray, xs, ys, batch: int = 256) -> np.ndarray:

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ..core import stain_norm as classical
 from ..core.stain_norm import StainNormalizer, StainNormError, check_rgb, tissue_weight
+from .tensors import rgb_to_tensor
 
 AB_SCALE = 110.0
 
@@ -116,7 +117,8 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    """(rows, cols, 3) uint8 -> (1, 3, rows, cols) float tensor in 0..1."""
+    return rgb_to_tensor(rgb, scale=255.0, channels_last=True)
 
 
 # ------------------------------------------------------------------ normaliser

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .tensors import rgb_to_tensor
+
 #: Output classes, in channel order.
 CLASSES = ("background", "nucleus", "boundary")
 
@@ -112,12 +114,7 @@ def count_parameters(net: nn.Module) -> int:
 
 def to_tensor(rgb) -> torch.Tensor:
     """``(H, W, 3)`` uint8 (or a batch ``(N, H, W, 3)``) to a float ``(N, 3, H, W)`` tensor in 0..1."""
-    import numpy as np
-
-    a = np.asarray(rgb)
-    if a.ndim == 3:
-        a = a[None]
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float().div_(255.0)
+    return rgb_to_tensor(rgb, scale=255.0)
 
 
 @torch.no_grad()

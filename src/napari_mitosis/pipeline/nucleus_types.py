@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 
 from ..core.detections import hex_color
 from ..errors import NapariMitosisError
+from ..models.tensors import rgb_to_tensor
 from .progress import Progress, Task, run
 
 #: Default model.
@@ -183,10 +184,7 @@ def nucleus_patches(
 
 def to_tensor(patches: np.ndarray):
     """uint8 (N, H, W, 3) -> float tensor (N, 3, H, W) in -1..1 (the networks' input range)."""
-    import torch
-
-    a = np.ascontiguousarray(np.asarray(patches).transpose(0, 3, 1, 2))
-    return torch.from_numpy(a).float().div_(127.5).sub_(1.0)
+    return rgb_to_tensor(patches, scale=127.5, offset=1.0)
 
 
 # ----------------------------------------------------------------- nuclei
