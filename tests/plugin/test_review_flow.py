@@ -116,3 +116,43 @@ def test_a_runs_tiles_share_their_saves(make_napari_viewer, qtbot, tmp_path, mon
     r.request_save()  # as the end of a run does
     qtbot.waitUntil(lambda: not r.saver.busy, timeout=10_000)
     assert len(json.loads(_sidecar(slide_path).read_text())["detections"]) == 600
+
+
+# ------------------------------------------------------------------ 9: the keys, whatever is selected
+def _press(viewer, key):
+    """A key press as napari dispatches it from the canvas: the active layer's keymap, then the viewer's."""
+    return viewer.window._qt_viewer._key_map_handler.press_key(key)
+
+
+def test_review_keys_work_whichever_layer_is_selected_and_go_with_the_widget(make_napari_viewer, tmp_path):
+    from napari_mitosis.core.tissue import TissueMask
+    from napari_mitosis.plugin.widgets import review_layers as show
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    layer = _open(viewer, slide_path)
+    r = widget.review
+    r.add_model_detections(pd.DataFrame({"x": [300.0, 700.0, 1500.0], "y": [400.0, 800.0, 1200.0],
+                                         "class": ["mitotic_figure"] * 3, "score": [0.9, 0.8, 0.7]}))
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 100], [100, 100], [100, 0]])], shape_type="rectangle")
+    tissue = show.show_tissue(viewer, layer, TissueMask(np.ones((30, 22), bool), level=0, downsample=100.0, mpp=50.0))
+    for active, key, check in [
+        (layer, "n", lambda: r.selected_ids() == [0]),  # the slide selected (after clicking it)
+        (layer, "c", lambda: r.state.df.set_index("id").at[0, "status"] == "confirmed"),
+        (shapes, "n", lambda: r.selected_ids() == [1]),  # a drawn rectangle selected
+        (shapes, "g", lambda: r.state.df.set_index("id").at[1, "class"] == "granulocyte"),
+        (tissue, "n", lambda: r.selected_ids() == [2]),  # the tissue outline (a Labels layer) selected
+        (tissue, "x", lambda: 2 not in set(r.state.df["id"])),
+        (tissue, "Control-z", lambda: 2 in set(r.state.df["id"])),  # the review's undo, not the labels'
+    ]:
+        viewer.layers.selection.active = active
+        _press(viewer, key)
+        assert check(), (active.name, key)
+    # the widget closed: the keys are napari's again
+    viewer.window.remove_dock_widget(widget)
+    widget.close()
+    viewer.layers.selection.active = layer
+    before = r.selected_ids()
+    assert not _press(viewer, "n") or r.selected_ids() == before

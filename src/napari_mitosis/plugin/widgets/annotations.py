@@ -7,7 +7,7 @@ the keys bound here and from napari's own point tools (add mode, delete,
 drag, paste); either way the review is updated and autosaved atomically to
 the slide's annotation file (:mod:`napari_mitosis.io.sidecar`).
 
-Keys (on the detections layer):
+Keys (on the viewer while the review widget is open, whichever layer is selected; and on the detections layer):
 
 ====================  ================================================
 ``M`` / ``G`` / ``O``  selected cells are mitotic figure / granulocyte / other
@@ -620,16 +620,28 @@ class DetectionReview:
 
     # ------------------------------------------------------------ keys
     def _bind_keys(self, layer):
-        def bind(key, func):
-            layer.bind_key(key, lambda _layer: func(), overwrite=True)
+        for key, func in review_keys(lambda: self, self.viewer).items():
+            layer.bind_key(key, lambda _layer, func=func: func(), overwrite=True)
 
-        for k, cls in CLASS_KEYS.items():
-            bind(k, lambda cls=cls: self.set_class(cls))
-            bind(f"Shift-{k}", lambda cls=cls: self.add_at(self.viewer.cursor.position, cls))
-        bind("c", self.confirm)
-        bind("x", self.remove)
-        bind("i", lambda: self.add_at(self.viewer.cursor.position))
-        bind("n", lambda: self.go(1))
-        bind("Shift-n", lambda: self.go(-1))
-        bind("Control-z", self.undo)
-        bind("Control-Shift-z", self.redo)
+
+def review_keys(get_review, viewer) -> dict:
+    """The review keys: napari key -> function of no argument acting on ``get_review()`` (the review
+    shown, or None: then the key does nothing)."""
+
+    def on_review(method, *args):
+        def call():
+            review = get_review()
+            if review is not None:
+                return getattr(review, method)(*[a() if callable(a) else a for a in args])
+            return None
+
+        return call
+
+    keys = {}
+    for k, cls in CLASS_KEYS.items():
+        keys[k] = on_review("set_class", cls)
+        keys[f"Shift-{k}"] = on_review("add_at", lambda: viewer.cursor.position, cls)
+    keys.update({"c": on_review("confirm"), "x": on_review("remove"), "i": on_review("add_at", lambda: viewer.cursor.position),
+                 "n": on_review("go", 1), "Shift-n": on_review("go", -1), "Control-z": on_review("undo"),
+                 "Control-Shift-z": on_review("redo")})
+    return keys

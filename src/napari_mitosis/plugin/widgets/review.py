@@ -98,6 +98,21 @@ def apply_mpp(layer, review, mpp: float):
             review.layer.units = layer.units
 
 
+def _unbind_keys(viewer, keys, key_layers):
+    for key in keys:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass
+    for layer, mine in list(key_layers.values()):
+        for key in mine:
+            try:
+                layer.bind_key(key, None)
+            except (KeyError, ValueError, RuntimeError):
+                pass
+    key_layers.clear()
+
+
 class ReviewWidget(QWidget):
     """Dock widget: run the analysis on a slide, review and count the detections, export."""
 
@@ -124,6 +139,8 @@ class ReviewWidget(QWidget):
         self._cancelling = False
         self._build()
         self._connect()
+        self._key_layers: dict = {}  # layer unique_id -> (layer, keys bound on it)
+        self.bind_keys()
         self._refresh()
 
     # ------------------------------------------------------------------ build
@@ -213,13 +230,54 @@ class ReviewWidget(QWidget):
         """The tissue mask of the current slide (each slide has its own)."""
         return None if self.review is None else self.review.tissue
 
+    # ------------------------------------------------------------------- keys
+    def bind_keys(self):
+        """The review keys work whichever layer is selected while the widget is open: bound on the
+        viewer, and on each layer whose own keymap has one of them (Labels' Ctrl+Z)."""
+        from .annotations import review_keys
+
+        self._keys = review_keys(lambda: self.review, self.viewer)
+        for key, func in self._keys.items():
+            self.viewer.bind_key(key, lambda _viewer, func=func: func(), overwrite=True)
+        for ly in self.viewer.layers:
+            self._bind_layer_keys(ly)
+        import functools
+
+        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, list(self._keys), self._key_layers))
+
+    def _bind_layer_keys(self, layer):
+        from app_model.types import KeyBinding
+
+        if layer.metadata.get("napari_mitosis") == "detections":
+            return  # the review binds its own layer
+        shadowed = set()
+        for cls in type(layer).__mro__:
+            shadowed |= {str(k) for k in getattr(cls, "class_keymap", {})}
+        mine = [k for k in self._keys if str(KeyBinding.from_str(k)) in shadowed]
+        for key in mine:
+            layer.bind_key(key, lambda _layer, func=self._keys[key]: func(), overwrite=True)
+        if mine:
+            self._key_layers[layer.unique_id] = (layer, mine)
+
+    def unbind_keys(self):
+        """The keys are napari's again (the widget closes)."""
+        _unbind_keys(self.viewer, list(getattr(self, "_keys", {})), self._key_layers)
+        self._keys = {}
+
+    def closeEvent(self, event):
+        self.unbind_keys()
+        super().closeEvent(event)
+
     def _on_inserted(self, event):
+        if getattr(self, "_keys", None):
+            self._bind_layer_keys(event.value)
         self._refresh()
         if self._watch_shapes(event.value):  # drawn with data already (pasted, opened, scripted)
             self._update_counts()
 
     def _on_removed(self, event):
         gone = event.value
+        self._key_layers.pop(gone.unique_id, None)
         ctx = self._run_ctx
         if ctx is not None and ctx.layer.unique_id == gone.unique_id and self.worker is not None:
             self._cancel()  # its slide is gone (or napari is closing): stop the run
