@@ -4,6 +4,8 @@
 
 ``errors`` imports nothing of the package; a module may import its own layer;
 the CLI may also import the plugin (``demo --gui``) and the trainers (``train``).
+No module imports another module's private (``_``) names; a private module is
+used only inside its own package.
 """
 
 from __future__ import annotations
@@ -61,3 +63,44 @@ def test_the_check_sees_lazy_imports_inside_functions(tmp_path, monkeypatch):
     (fake / "core" / "x.py").write_text("def f():\n    from ..pipeline import run\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
     assert upward_imports() == ["core/x.py:2: core imports napari_mitosis.pipeline"]
+
+
+def private_imports() -> list[str]:
+    """``from .x import _y`` of another module's private name, and private modules imported from outside their package."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        package = list(rel.parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or (node.level == 0 and not (node.module or "").startswith("napari_mitosis")):
+                continue
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+            else:
+                base = []
+            module = base + [m for m in (node.module or "").split(".") if m and m != "napari_mitosis"]
+            for a in node.names:
+                target = [*module, a.name]
+                for i, name in enumerate(target):
+                    if not name.startswith("_") or name.startswith("__"):
+                        continue
+                    # a private module used inside its own package is fine (io/_backends, cli/_common)
+                    is_module = ROOT.joinpath(*target[: i + 1]).is_dir() or ROOT.joinpath(*target[:i], name + ".py").is_file()
+                    if not (is_module and target[:i] == package):
+                        found.append(f"{rel}:{node.lineno}: imports {'.'.join(target)}")
+                        break
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another():
+    assert private_imports() == []
+
+
+def test_the_private_check_sees_a_private_name_imported_from_another_module(tmp_path, monkeypatch):
+    fake = tmp_path / "napari_mitosis"
+    (fake / "pipeline").mkdir(parents=True)
+    (fake / "pipeline" / "x.py").write_text("def f():\n    from .detect import _check_mpp, check_roi\n")
+    (fake / "pipeline" / "y.py").write_text("from . import _own\n")
+    (fake / "pipeline" / "_own.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
+    assert private_imports() == ["pipeline/x.py:2: imports pipeline.detect._check_mpp"]

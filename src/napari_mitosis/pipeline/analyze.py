@@ -48,7 +48,7 @@ from ..io.detections import (
 from .detect import (
     DetectError,
     DetectParams,
-    _check_mpp,
+    check_detect_mpp,
     detect_tile,
     finish_attrs,
     make_params,
@@ -306,7 +306,7 @@ def detect_slide_task(path, mpp: float | None = None, roi=None, all_tissue: bool
     slide = open_slide(path, mpp=mpp)
     slide.fill_bad_tiles = True  # a bad file tile costs the tissue mask its own pixels only
     try:
-        slide_mpp = _check_mpp(slide)
+        slide_mpp = check_detect_mpp(slide)
         tissue_error = None
         if all_tissue and tissue is None:
             from ..io.slide import SlideError

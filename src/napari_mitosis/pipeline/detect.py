@@ -205,7 +205,8 @@ def load_dense(name: str = "cell-dense", device: str = "cpu", folder: str | None
 
 
 # ------------------------------------------------------------------------ one tile
-def _check_mpp(slide, mpp=None) -> float:
+def check_detect_mpp(slide, mpp=None) -> float:
+    """The level-0 pixel size for detection (``mpp`` overrides the slide's), or :class:`DetectError`."""
     return check_mpp(slide, mpp, DetectError, "cells cannot be measured at the classifier's 0.25 um/px",
                      "napari-mitosis detect --mpp 0.25, or open_slide(path, mpp=0.25)")
 
@@ -454,7 +455,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
     an empty class when below the thresholds (for choosing thresholds).
     """
     t0 = time.perf_counter()
-    slide_mpp = _check_mpp(slide, slide_mpp)
+    slide_mpp = check_detect_mpp(slide, slide_mpp)
     if params.candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {params.candidates!r}")
     frames, n_blobs, background = [], 0, False
@@ -507,7 +508,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
 # ------------------------------------------------------------------------ tiles of a slide
 def plan_tiles(slide, roi=None, tissue=None, tile_um: float = TILE_UM, mpp: float | None = None) -> list[tuple]:
     """Tile cores (x, y, w, h, level-0 px) covering ``roi`` (default: the slide), without tissue-free ones."""
-    slide_mpp = _check_mpp(slide, mpp)
+    slide_mpp = check_detect_mpp(slide, mpp)
     x, y, w, h = check_roi(slide, roi, DetectError)
     t = max(int(round(tile_um / slide_mpp)), 64)
     tiles = []
@@ -615,7 +616,7 @@ def detect_task(
     """
     from ..io.slide import SlideError
 
-    slide_mpp = _check_mpp(slide, mpp)
+    slide_mpp = check_detect_mpp(slide, mpp)
     if candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
     params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,

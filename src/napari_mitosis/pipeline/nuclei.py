@@ -79,11 +79,6 @@ def _model(name: str, device: str):
     return load_model(name, device=device)
 
 
-def _check_mpp(slide, mpp) -> float:
-    return check_mpp(slide, mpp, NucleiError, "nuclei cannot be measured or segmented at the right scale",
-                     "napari-mitosis segment --mpp 0.25, or open_slide(path, mpp=0.25)")
-
-
 def _check_roi(slide, roi):
     return check_roi(slide, roi, NucleiError)
 
@@ -146,7 +141,8 @@ def segment_task(
         raise NucleiError(f"method must be 'unet' or 'log', got {method!r}")
     if tile % 16 or tile < 64 or halo % 16 or halo < 0:
         raise NucleiError(f"tile must be a multiple of 16 (>= 64) and halo a multiple of 16, got {tile}, {halo}")
-    level0_mpp = _check_mpp(slide, mpp)
+    level0_mpp = check_mpp(slide, mpp, NucleiError, "nuclei cannot be measured or segmented at the right scale",
+                           "napari-mitosis segment --mpp 0.25, or open_slide(path, mpp=0.25)")
     x, y, w, h = _check_roi(slide, roi)
     net = spec = None
     params = {}

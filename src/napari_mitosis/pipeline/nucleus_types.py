@@ -29,6 +29,7 @@ from scipy import ndimage as ndi
 from ..core.detections import hex_color
 from ..errors import NapariMitosisError
 from ..models.tensors import rgb_to_tensor
+from .checks import check_mpp
 from .progress import Progress, Task, run
 
 #: Default model.
@@ -99,15 +100,7 @@ def _slide_of(source, mpp):
 
 
 def _check_mpp(slide) -> float:
-    m = slide.mpp
-    if m is None:
-        raise TypingError(
-            f"{slide.path}: the pixel size is unknown, so nuclei cannot be cut out at 0.5 um/px; "
-            "pass it (--mpp 0.25 or mpp=0.25)"
-        )
-    if not (np.isfinite(m) and 0.05 <= m <= 2.0):
-        raise TypingError(f"{slide.path}: pixel size {m:.4g} um/px is outside 0.05-2 um/px; pass the true one with --mpp / mpp=")
-    return float(m)
+    return check_mpp(slide, None, TypingError, "nuclei cannot be cut out at 0.5 um/px", "--mpp 0.25 or mpp=0.25")
 
 
 def sample_patches(image: np.ndarray, xs, ys, size: int = PATCH) -> np.ndarray:
