@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..io.detections import (
     write_csv,
     write_geojson,
 )
+from ..io.thread_slides import ThreadSlides
 from .detect import (
     DetectError,
     DetectParams,
@@ -82,26 +82,8 @@ class TileJob:
 
 
 # ----------------------------------------------------------------------------- the task
-_SLIDES: dict = {}
-_SLIDES_LOCK = threading.Lock()
-_LOCAL = threading.local()
-
-
-def _open_cached(path: str, mpp: float):
-    """One open Slide per (path, mpp) per thread (file handles are not shared between threads)."""
-    from ..io import open_slide
-
-    cache = getattr(_LOCAL, "slides", None)
-    if cache is None:
-        cache = _LOCAL.slides = {}
-    key = (path, mpp)
-    if key not in cache:
-        if len(cache) >= 4:  # many slides through one worker: keep a few open
-            old = next(iter(cache))
-            cache.pop(old).close()
-        cache[key] = open_slide(path, mpp=mpp)
-        cache[key].fill_bad_tiles = True  # a bad file tile costs its own pixels, reported
-    return cache[key]
+# many slides through one worker: keep a few open; a bad file tile costs its own pixels, reported
+_THREAD_SLIDES = ThreadSlides(keep=4, fill_bad_tiles=True)
 
 
 def run_tile(job: TileJob) -> dict:
@@ -117,7 +99,7 @@ def run_tile(job: TileJob) -> dict:
         if cv2.getNumThreads() != job.params.torch_threads:
             cv2.setNumThreads(job.params.torch_threads)
     try:
-        slide = _open_cached(job.path, job.mpp)
+        slide = _THREAD_SLIDES.open(job.path, job.mpp)
         seen = len(slide.bad_tiles)
         res = detect_tile(slide, *job.tile, job.params, job.mpp)
         if len(slide.bad_tiles) > seen:

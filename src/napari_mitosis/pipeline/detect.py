@@ -60,6 +60,7 @@ from ..core.decision import DEFAULT_THRESHOLDS, decide_detections, needs_classif
 from ..core.screening import blob_features, is_background_od, nms, optical_density, screen
 from ..errors import NapariMitosisError
 from ..io.detections import check_detections, empty_detections
+from ..io.thread_slides import ThreadSlides
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task
 
@@ -535,23 +536,7 @@ def merge_tiles(frames: list, mpp: float, nms_um: float) -> pd.DataFrame:
     return df
 
 
-_LOCAL = threading.local()
-
-
-def _thread_slide(slide):
-    """A per-thread Slide for the same file (reading one file handle from many threads is not safe)."""
-    from ..io import open_slide
-
-    path = Path(slide.path)
-    if not path.exists():
-        return slide
-    cache = getattr(_LOCAL, "slides", None)
-    if cache is None:
-        cache = _LOCAL.slides = {}
-    key = (str(path), slide.mpp)
-    if key not in cache:
-        cache[key] = open_slide(path, mpp=slide.mpp)
-    return cache[key]
+_THREAD_SLIDES = ThreadSlides()  # a per-thread Slide of the same file for the tile threads
 
 
 def detect_task(
@@ -634,7 +619,7 @@ def detect_task(
     frames, failed, n_cand, n_scr = [], [], 0, 0
 
     def one(t):
-        s = _thread_slide(slide) if workers > 1 else slide
+        s = _THREAD_SLIDES.reopen(slide) if workers > 1 else slide
         try:
             return detect_tile(s, *t, params, slide_mpp)
         except SlideError as exc:
