@@ -56,3 +56,12 @@ def test_a_view_of_a_larger_array_converts_like_a_copy(batch):
     view = batch[:, 1:5, ::2]
     same(rgb_to_tensor(view), rgb_to_tensor(view.copy()))
     same(rgb_to_tensor(view, channels_last=True), rgb_to_tensor(view.copy(), channels_last=True))
+
+
+def test_the_examples_of_models_tensors_hold():
+    import doctest
+
+    from napari_mitosis.models import tensors
+
+    result = doctest.testmod(tensors)
+    assert result.attempted >= 2 and result.failed == 0

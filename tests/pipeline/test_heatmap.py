@@ -10,13 +10,13 @@ from napari_mitosis.io import open_slide
 from napari_mitosis.pipeline.heatmap import (
     HeatmapError,
     HeatmapResult,
-    as_layer_data,
     compute_heatmap,
     heatmap_image,
     heatmap_peaks,
     heatmap_task,
 )
 from napari_mitosis.pipeline.progress import run
+from napari_mitosis.plugin.layers import heatmap_layer_data
 from tests.conftest import shared_file, shipped_mil_geometry
 
 STRIDE, MIN_INPUT = shipped_mil_geometry()
@@ -56,7 +56,7 @@ def test_region_of_a_slide_file_with_progress_and_level0_geometry(synthetic_slid
         res = run(heatmap_task(slide, roi=(256, 128, 600, 400), device="cpu"), seen.append)
     assert seen and seen[-1].done == seen[-1].total
     assert res.attrs["origin"] == (256, 128) and res.attrs["shape"] == (400, 600)
-    data, kwargs, kind = as_layer_data(res)
+    data, kwargs, kind = heatmap_layer_data(res)
     assert kind == "image" and data is res.heatmap
     d, m0 = res.attrs["downsample"], res.attrs["level0_mpp"]
     # heatmap pixel (0, 0) is centred on level-0 (x0 + (d - 1) / 2, y0 + (d - 1) / 2), in um

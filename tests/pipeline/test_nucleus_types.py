@@ -16,7 +16,6 @@ from napari_mitosis.pipeline.nucleus_types import (
     UNTYPED_NAME,
     TypingError,
     TypingWarning,
-    labels_colormap,
     nuclei_from_labels,
     points_layer_kwargs,
     sample_patches,
@@ -24,6 +23,7 @@ from napari_mitosis.pipeline.nucleus_types import (
     type_legend,
     type_nuclei,
 )
+from napari_mitosis.plugin.layers import labels_colormap
 from tests.conftest import shared_file
 
 K = len(read_spec("nuclei-infogan").classes)

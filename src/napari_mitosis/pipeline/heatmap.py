@@ -18,7 +18,7 @@ network map bilinearly up-sampled ``upsample`` times) and ``attrs``:
 ``origin`` (level-0 x, y of the region), ``downsample`` (level-0 px per
 heatmap px), ``level0_mpp``, ``mpp`` (um per heatmap px), ``threshold`` (the
 model's ROC operating point), ``shape`` (region, level-0 rows, cols),
-``model``. :func:`as_layer_data` places it over the slide in napari;
+``model``. ``plugin.layers.heatmap_layer_data`` places it over the slide in napari;
 :func:`heatmap_peaks` turns it into candidate points for the detection
 pipeline.
 """
@@ -328,27 +328,5 @@ def layer_kwargs(attrs: dict) -> dict:
     return {"scale": (D * m0, D * m0), "translate": ((y + 0.5 * (D - 1)) * m0, (x + 0.5 * (D - 1)) * m0)}
 
 
-def as_layer_data(result, name: str = "mitosis heatmap", opacity: float = 0.5, colormap: str = "inferno") -> tuple:
-    """A napari layer-data tuple ``(data, kwargs, 'image')`` showing the heatmap over the slide.
-
-    >>> r = HeatmapResult(np.zeros((4, 4), np.float32), {"origin": (0, 0), "downsample": 8.0, "level0_mpp": 0.25,
-    ...                                                   "threshold": 0.4})
-    >>> data, kw, kind = as_layer_data(r)
-    >>> kind, kw["colormap"], kw["contrast_limits"], kw["scale"]
-    ('image', 'inferno', (0.0, 1.0), (2.0, 2.0))
-    """
-    kwargs = {
-        "name": name,
-        "colormap": colormap,
-        "opacity": opacity,
-        "blending": "additive",
-        "contrast_limits": (0.0, 1.0),
-        "interpolation2d": "linear",
-        "metadata": {k: v for k, v in result.attrs.items()},
-        **layer_kwargs(result.attrs),
-    }
-    return result.heatmap, kwargs, "image"
-
-
-__all__ = ["HeatmapError", "HeatmapResult", "as_layer_data", "compute_heatmap", "heatmap_image", "heatmap_peaks",
+__all__ = ["HeatmapError", "HeatmapResult", "compute_heatmap", "heatmap_image", "heatmap_peaks",
            "heatmap_region_task", "heatmap_task", "layer_kwargs"]

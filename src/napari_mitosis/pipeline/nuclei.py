@@ -310,21 +310,6 @@ def labels_layer_kwargs(attrs: dict) -> dict:
     return {"scale": (m, m), "translate": ((y + 0.5 * (ds - 1)) * m0, (x + 0.5 * (ds - 1)) * m0)}
 
 
-def as_layer_data(labels, table, name: str = "nuclei") -> tuple:
-    """A napari layer-data tuple: the labels placed on the slide (um), the table as features.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> t = pd.DataFrame({"id": [1]}); t.attrs.update(mpp=0.5, downsample=2.0, origin=(0, 0), level0_mpp=0.25)
-    >>> data, kwargs, kind = as_layer_data(np.ones((2, 2), np.int32), t)
-    >>> kind, kwargs["scale"], kwargs["name"]
-    ('labels', (0.5, 0.5), 'nuclei')
-    """
-    kwargs = {"name": name, "features": table.reset_index(drop=True), **labels_layer_kwargs(table.attrs)}
-    return labels, kwargs, "labels"
-
-
 def labels_at_level0(labels, attrs: dict) -> np.ndarray:
     """Nearest-neighbour resampling of working-resolution labels to the region's level-0 size."""
     h, w = attrs["shape"]

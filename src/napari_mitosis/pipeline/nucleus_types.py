@@ -13,7 +13,7 @@ edge) are not typed: ``type`` = -1, ``type_name`` = ``"border (not typed)"``,
 and a :class:`TypingWarning` says how many.
 
 Helpers for the viewer: :func:`type_colors`, :func:`type_legend`,
-:func:`points_layer_kwargs` and :func:`labels_colormap`.
+:func:`points_layer_kwargs` (``plugin/layers.py`` colours a Labels layer by type).
 """
 
 from __future__ import annotations
@@ -378,7 +378,8 @@ def type_colors(k: int) -> list[tuple[float, float, float, float]]:
     return [(*c, 1.0) for c in cols]
 
 
-def _color_of(types: np.ndarray, k: int) -> np.ndarray:
+def colors_of_types(types: np.ndarray, k: int) -> np.ndarray:
+    """RGBA (n, 4) of each type in ``types`` among ``k`` (the untyped colour for -1)."""
     cols = np.asarray(type_colors(k) + [UNTYPED_COLOR], np.float32)
     t = np.asarray(types, int)
     return cols[np.where(t >= 0, t, k)]
@@ -434,23 +435,8 @@ def points_layer_kwargs(table: pd.DataFrame, level0_mpp: float | None = None, si
     return {
         "data": data,
         "features": table.reset_index(drop=True),
-        "face_color": _color_of(table["type"].to_numpy(), k),
+        "face_color": colors_of_types(table["type"].to_numpy(), k),
         "border_color": "white",
         "size": size_um if level0_mpp is not None else size_um / 0.25,
         "name": "nucleus types",
     }
-
-
-def labels_colormap(table: pd.DataFrame) -> dict:
-    """``{label id: RGBA}`` colouring each nucleus of a Labels layer by type (``None``: background).
-
-    For napari >= 0.5 wrap it: ``layer.colormap = DirectLabelColormap(color_dict=labels_colormap(t))``.
-    """
-    if "id" not in table.columns:
-        raise TypingError("the typed table has no 'id' column, so it cannot colour a label image")
-    k = len(table.attrs.get("type_names") or []) or int(table["type"].max()) + 1
-    cols = _color_of(table["type"].to_numpy(), k)
-    cmap = {int(i): tuple(float(v) for v in c) for i, c in zip(table["id"].to_numpy(), cols, strict=True)}
-    cmap[None] = (0.0, 0.0, 0.0, 0.0)
-    cmap[0] = (0.0, 0.0, 0.0, 0.0)
-    return cmap

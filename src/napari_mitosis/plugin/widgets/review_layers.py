@@ -48,7 +48,7 @@ def tissue_text(tissue) -> str:
 
 
 def show_nuclei(viewer, layer, result):
-    from ...pipeline.nuclei import as_layer_data
+    from ..layers import nuclei_layer_data as as_layer_data
 
     labels, table = result
     data, kwargs, _ = as_layer_data(labels, table, name=f"nuclei ({layer.name})")
@@ -61,7 +61,7 @@ def show_nuclei(viewer, layer, result):
 
 
 def show_heatmap(viewer, layer, result):
-    from ...pipeline.heatmap import as_layer_data
+    from ..layers import heatmap_layer_data as as_layer_data
 
     data, kwargs, _ = as_layer_data(result)
     kwargs["name"] = f"mitosis heatmap ({layer.name})"
@@ -73,8 +73,9 @@ def show_types(viewer, layer, result):
     """Typed nuclei as labels coloured by type; returns the legend text."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    from ...pipeline.nuclei import as_layer_data
-    from ...pipeline.nucleus_types import labels_colormap, legend_text
+    from ...pipeline.nucleus_types import legend_text
+    from ..layers import labels_colormap
+    from ..layers import nuclei_layer_data as as_layer_data
 
     labels, table = result
     name = f"nucleus types ({layer.name})"
