@@ -70,8 +70,10 @@ class DetectionReview:
         self.slide = slide_layer.metadata["slide"]
         self.mpp = mpp or self.slide.mpp
         self.on_change = on_change
+        self.on_focus = None  # called when the queue goes to another cell (the widget shows it)
         self.on_save = on_save  # called after each background save (the widget shows where, or why not)
         self._saver = None
+        self.stale = False  # changes not shown yet (a run's tiles, shown a few times a second)
         self._defaults_for = None  # the class the layer's defaults (new points) are set for
         self._shown = None  # what the layer shows: ids, x/y, class, status (for edits that change a few rows)
         self.current_class = "mitotic_figure"
@@ -232,13 +234,23 @@ class DetectionReview:
         self.path = sidecar.sidecar_path(self.slide.path, self.identity, folder)
         return self.save()
 
-    def _changed(self, save: bool | str = True):
-        """After every change: save (in the background; ``"later"`` for a run's tiles), show, tell the widget."""
+    def _changed(self, save: bool | str = True, show: bool = True):
+        """After every change: save (in the background; ``"later"`` for a run's tiles), show, tell the widget.
+        ``show=False``: the layer and the counts are brought up to date later (:meth:`show_changes`)."""
         if save:
             self.request_save(later=save == "later")
+        if not show:
+            self.stale = True
+            return
+        self.stale = False
         self.refresh()
         if self.on_change is not None:
             self.on_change()
+
+    def show_changes(self):
+        """Show the changes kept back by ``_changed(show=False)`` (a run's tiles), if any."""
+        if self.stale:
+            self._changed(save=False)
 
     # ------------------------------------------------------------ the layer
     @property
@@ -285,6 +297,7 @@ class DetectionReview:
         self.layer.current_size = size
         self._defaults_for, self._shown = None, None
         self.layer.events.data.connect(self._on_layer_data)
+        self.layer.selected_data.events.items_changed.connect(self._on_selection)
         self._bind_keys(self.layer)
         self.refresh()
         return self.layer
@@ -371,7 +384,8 @@ class DetectionReview:
             layer.remove_selected()
             changed = True
         if len(new_ids) > m:  # appended rows: added as napari adds points, then given their own values
-            layer.add(df[["y", "x"]].to_numpy(float)[m:])
+            with layer.events.set_data.blocker():  # drawn once, below
+                layer.add(df[["y", "x"]].to_numpy(float)[m:])
             changed = True
         feats = layer.features
         if len(feats) != len(df):
@@ -402,6 +416,11 @@ class DetectionReview:
         if changed:
             layer.refresh()
         return True
+
+    def _on_selection(self, *_):
+        """A cell clicked (or a selection changed by napari's tools): the widget shows it as the current one."""
+        if not self._syncing and self.on_focus is not None:
+            self.on_focus()
 
     def _on_layer_data(self, event):
         """napari's own tools changed the points: bring the review in line."""
@@ -503,10 +522,12 @@ class DetectionReview:
     def _same_cell_px(self) -> float:
         return SAME_CELL_UM / self.mpp if self.mpp else SAME_CELL_UM * 4
 
-    def add_run_tile(self, df, run_ids: set, region=None) -> list[int]:
+    def add_run_tile(self, df, run_ids: set, region=None, show: bool = True) -> list[int]:
         """One tile's detections of a run over ``region`` (rectangle, polygon or None): they replace
         the earlier unreviewed detections of the same cells; reviewed and removed cells stay decided
-        (:meth:`ReviewState.add_run_tile`). Nothing is dropped before the run finishes."""
+        (:meth:`ReviewState.add_run_tile`). Nothing is dropped before the run finishes. ``show=False``:
+        the layer and counts are updated later, by :meth:`show_changes` (a run shows its tiles a few
+        times a second, not once per tile)."""
         from ...core.counting import region_contains
 
         self.ensure_layer()
@@ -515,7 +536,7 @@ class DetectionReview:
         df = df[region_contains(region, df[["x", "y"]].to_numpy(float))]
         ids = self.state.add_run_tile(df, run_ids, self._same_cell_px())
         if ids or len(df):
-            self._changed(save="later")  # the tiles finishing meanwhile share one save
+            self._changed(save="later", show=show)  # the tiles finishing meanwhile share one save
         return ids
 
     def finish_run(self, region, run_ids: set) -> int:
@@ -586,6 +607,36 @@ class DetectionReview:
         return len(ids)
 
     # ------------------------------------------------------------ queue
+    def current(self) -> dict | None:
+        """The cell shown: the first selected one, else the last one the queue went to; None when none.
+
+        ``index`` is its place (1-based) among all ``total`` detections in the queue's order (most
+        likely first, or uncertain first), reviewed or not; ``class``, ``score``, ``status``, ``id``, ``x``, ``y``."""
+        sel = self.selected_ids()
+        pid = sel[0] if sel else self._focus
+        df = self.state.df
+        if pid is None or not len(df):
+            return None
+        where = np.nonzero(df["id"].to_numpy() == pid)[0]
+        if not len(where):
+            return None
+        row = df.iloc[int(where[0])]
+        order = self.state.full_order(self.order)
+        index = int(np.nonzero(order == pid)[0][0]) + 1
+        return {"id": int(pid), "index": index, "total": len(df), "class": row["class"], "score": float(row["score"]),
+                "status": row["status"], "x": float(row["x"]), "y": float(row["y"])}
+
+    def go_to_hotspot(self) -> bool:
+        """Centre the view on the hotspot and fit it in the canvas; False when there is none."""
+        h = self.hotspot
+        if h is None or not h.count:
+            return False
+        scale = np.asarray(self.slide_layer.scale[-2:], float)
+        self.viewer.camera.center = tuple(np.array([h.y + h.height / 2, h.x + h.width / 2]) * scale)
+        w_px = max(int(self.canvas_width()) if self.canvas_width is not None else 800, 200)
+        self.viewer.camera.zoom = 0.9 * w_px / (max(h.width, h.height) * float(scale[-1]))
+        return True
+
     def go(self, step: int = 1) -> int | None:
         """Select the next (``step=1``) / previous (``-1``) unreviewed detection and centre the view on it."""
         layer = self.ensure_layer()
@@ -608,6 +659,8 @@ class DetectionReview:
         world = np.asarray(layer.data_to_world((row["y"], row["x"])))[-2:]
         self.viewer.camera.center = tuple(world)
         self._zoom_to(FOCUS_FIELD_UM)
+        if self.on_focus is not None:
+            self.on_focus()
         return pid
 
     def _zoom_to(self, field_um: float):

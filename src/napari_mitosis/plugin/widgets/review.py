@@ -59,6 +59,11 @@ __all__ = ["ReviewWidget", "slide_layers", "found_devices", "REGION_VIEW", "REGI
 
 #: A failed autosave is tried again after this many seconds (and on every edit).
 SAVE_RETRY_S = 5
+#: A run shows its new detections and counts at most this often (ms): per-tile GUI work stays small.
+#: Showing them redraws every point (napari), so a layer of many points is redrawn less often:
+#: every RUN_VIEW_MS, plus RUN_VIEW_MS per RUN_VIEW_POINTS points already shown, up to 15 s.
+RUN_VIEW_MS = 1000
+RUN_VIEW_POINTS = 50_000
 #: The count lines' names.
 COUNT_NAMES = {"mitotic_figure": "Mitotic figures", "granulocyte": "Granulocytes", "other": "Other cells"}
 
@@ -137,6 +142,9 @@ class ReviewWidget(QWidget):
         self._save_retry.setSingleShot(True)
         self._save_retry.timeout.connect(self._retry_save)
         self._cancelling = False
+        self._view_timer = QTimer(self)  # a run's tiles are shown together, a few times a second
+        self._view_timer.setSingleShot(True)
+        self._view_timer.timeout.connect(self._show_run_changes)
         self._build()
         self._connect()
         self._key_layers: dict = {}  # layer unique_id -> (layer, keys bound on it)
@@ -163,7 +171,8 @@ class ReviewWidget(QWidget):
         self.progress, self.status, self.sensitivity = p.progress, p.status, p.sensitivity
         p = self.queue_panel
         self.order, self.prev_button, self.next_button = p.order, p.prev_button, p.next_button
-        self.new_class, self.review_label = p.new_class, p.review_label
+        self.new_class, self.review_label, self.current_label = p.new_class, p.review_label, p.current_label
+        self.hotspot_button = self.counts_panel.hotspot_button
         self.counts_label, self.types_label = self.counts_panel.counts_label, self.counts_panel.types_label
         p = self.files_panel
         self.file_label, self.folder_button, self.export_button = p.file_label, p.folder_button, p.export_button
@@ -188,6 +197,7 @@ class ReviewWidget(QWidget):
         self.run_button.clicked.connect(self._run)
         self.order.currentIndexChanged.connect(self._order_changed)
         self.prev_button.clicked.connect(lambda: self._go(-1))
+        self.hotspot_button.clicked.connect(self.go_to_hotspot)
         self.next_button.clicked.connect(lambda: self._go(1))
         self.new_class.currentIndexChanged.connect(self._class_changed)
         self.export_button.clicked.connect(self._export_dialog)
@@ -266,6 +276,8 @@ class ReviewWidget(QWidget):
 
     def closeEvent(self, event):
         self.unbind_keys()
+        if self.worker is not None:
+            self._cancel()
         super().closeEvent(event)
 
     def _on_inserted(self, event):
@@ -355,6 +367,7 @@ class ReviewWidget(QWidget):
             if review.notes:
                 self.status.setText("; ".join(review.notes))
         self.review = self._reviews[key]
+        self.review.on_focus = self._show_current
         self.review.order = self.queue_panel.order_key()
         self.review.current_class = self.queue_panel.class_key()
         self.file_label.setText(str(self.review.path))
@@ -427,12 +440,13 @@ class ReviewWidget(QWidget):
 
         ctx = self._run_ctx
         worker = create_worker(gen, _start_thread=False)
-        worker.yielded.connect(lambda p: self._on_progress(p, ctx))
-        worker.returned.connect(lambda result: self._on_done(result, ctx))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self._on_aborted(ctx))
-        worker.finished.connect(lambda: ctx.review.request_save())  # the tiles' saves waiting: now
-        worker.finished.connect(self._on_finished)
+        alive = self._while_alive  # signals still queued when napari closes must not reach a deleted widget
+        worker.yielded.connect(alive(lambda p: self._on_progress(p, ctx)))
+        worker.returned.connect(alive(lambda result: self._on_done(result, ctx)))
+        worker.errored.connect(alive(self._on_error))
+        worker.aborted.connect(alive(lambda: self._on_aborted(ctx)))
+        worker.finished.connect(lambda: (ctx.review.show_changes(), ctx.review.request_save()))  # saved now
+        worker.finished.connect(alive(self._on_finished))
         self.worker = worker
         self.run_button.setText("Cancel")
         self._refresh()
@@ -440,6 +454,22 @@ class ReviewWidget(QWidget):
         self.progress.setValue(0)
         self.status.setText(message)
         worker.start()
+
+    def _while_alive(self, func):
+        """``func``, called only while this widget's Qt object exists."""
+        from qtpy.compat import isalive
+
+        def call(*args):
+            if isalive(self):
+                return func(*args)
+            return None
+
+        return call
+
+    def _show_run_changes(self):
+        ctx = self._run_ctx
+        if ctx is not None:
+            ctx.review.show_changes()
 
     def _cancel(self):
         self._cancelling = True
@@ -468,7 +498,10 @@ class ReviewWidget(QWidget):
         self._update_counts()
 
     def _show_detections(self, df, ctx: RunContext):
-        ctx.review.add_run_tile(df, ctx.run_ids, ctx.region)
+        ctx.review.add_run_tile(df, ctx.run_ids, ctx.region, show=False)  # in the review now, shown soon
+        if not self._view_timer.isActive():
+            n = len(ctx.review.state.df)
+            self._view_timer.start(int(min(RUN_VIEW_MS * (1 + n / RUN_VIEW_POINTS), 15_000)))
 
     def _show_nuclei(self, result, ctx: RunContext):
         show.show_nuclei(self.viewer, ctx.layer, result)
@@ -488,6 +521,7 @@ class ReviewWidget(QWidget):
             show.keep_on_top(self.viewer, review.layer_name)
 
     def _on_done(self, result, ctx: RunContext):
+        ctx.review.show_changes()
         if result.get("tissue") is not None and ctx.review.tissue is None:
             self._show_tissue(result["tissue"], ctx)
         det = result.get("cells")
@@ -536,6 +570,17 @@ class ReviewWidget(QWidget):
         if pid is None:
             self.status.setText("nothing left to review")
         self.viewer.layers.selection.active = self.review.layer
+
+    def _show_current(self):
+        from .review_panels import current_text
+
+        if self.review is not None:
+            self.current_label.setText(current_text(self.review.current()))
+
+    def go_to_hotspot(self):
+        """Centre the view on the hotspot (the 2.37 mm² field with the most mitotic figures)."""
+        if self.review is None or not self.review.go_to_hotspot():
+            self.status.setText("no hotspot yet: it needs mitotic figures in analysed tissue")
 
     def drawn_region(self):
         """The last drawn rectangle or polygon (level-0), or None."""
@@ -596,6 +641,8 @@ class ReviewWidget(QWidget):
             lines.append(f"drawn {what} ({w:,.0f} x {h:,.0f} px): {mf['count']} mitotic figures"
                          + (f" = {mf['per_2.37mm2']:.1f} per 2.37 mm²" if np.isfinite(mf["per_2.37mm2"]) else ""))
         self.counts_label.setText("<br>".join(lines))
+        self.hotspot_button.setEnabled(hotspot is not None and hotspot.count > 0)
+        self._show_current()
         new = show.hotspot_name(r.slide_layer) not in self.viewer.layers
         if show.show_hotspot(self.viewer, r.slide_layer, hotspot) is not None and new:
             show.keep_on_top(self.viewer, r.layer_name, select=False)
@@ -615,7 +662,9 @@ class ReviewWidget(QWidget):
 
     def _on_saved(self, review):
         """A background save finished: show where it went (or why it failed) if it is the slide shown."""
-        if review is self.review:
+        from qtpy.compat import isalive
+
+        if isalive(self) and review is self.review:
             self._show_save_state(review)
 
     def _retry_save(self):

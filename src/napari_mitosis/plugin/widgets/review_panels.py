@@ -26,6 +26,17 @@ ORDER_LABELS = {"score": "most likely first", "uncertain": "uncertain first"}
 DEFAULT_MPP = 0.25
 #: What a pathologist reads for each class (the files keep the short names).
 CLASS_LABELS = {"mitotic_figure": "Mitotic figure", "granulocyte": "Granulocyte", "other": "Other (look-alike)"}
+#: ... and for each review status.
+STATUS_LABELS = {"model": "not reviewed", "confirmed": "confirmed", "corrected": "corrected", "added": "added by hand"}
+
+
+def current_text(cell: dict | None) -> str:
+    """The current cell in words: ``Cell 3 / 120 · Mitotic figure · score 0.91 · not reviewed``."""
+    if cell is None:
+        return "none: press N (or Next) to go to the first cell to review"
+    score = f"score {cell['score']:.2f}" if cell["score"] == cell["score"] else "no score"
+    return (f"<b>Cell {cell['index']:,} / {cell['total']:,}</b> · {CLASS_LABELS.get(cell['class'], cell['class'])} · "
+            f"{score} · {STATUS_LABELS.get(cell['status'], cell['status'])}")
 
 
 def _wrapping(text: str = "-") -> QLabel:
@@ -201,6 +212,9 @@ class QueuePanel(QGroupBox):
         for key, label in CLASS_LABELS.items():
             self.new_class.addItem(label, key)
         self.review_label = _wrapping()
+        self.current_label = _wrapping(current_text(None))
+        self.current_label.setToolTip("The selected cell (or the last one the queue went to): its place in the "
+                                      "queue's order, class, score and review status")
         keys = _wrapping(key_help)
         keys.setStyleSheet("color: gray")
         form = QFormLayout(self)
@@ -209,6 +223,7 @@ class QueuePanel(QGroupBox):
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
         form.addRow(row)
+        form.addRow("Current:", self.current_label)
         form.addRow("New cells:", self.new_class)
         form.addRow("Reviewed:", self.review_label)
         form.addRow(keys)
@@ -228,8 +243,11 @@ class CountsPanel(QGroupBox):
         self.counts_label = _wrapping()
         self.types_label = _wrapping()
         self.types_label.setToolTip("Nucleus types of the last typed region (unsupervised: name them by looking)")
+        self.hotspot_button = QPushButton("Go to hotspot")
+        self.hotspot_button.setToolTip("Centre the view on the 2.37 mm² field with the most mitotic figures")
         form = QFormLayout(self)
         form.addRow(self.counts_label)
+        form.addRow(self.hotspot_button)
         form.addRow("Nucleus types:", self.types_label)
 
 
