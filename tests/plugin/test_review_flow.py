@@ -268,3 +268,49 @@ def test_the_current_cell_is_shown_and_the_hotspot_is_one_click_away(make_napari
     widget.hotspot_button.click()
     cy, cx = np.asarray(viewer.camera.center[-2:]) / np.asarray(r.slide_layer.scale[-2:])
     assert hs.x <= cx <= hs.x + hs.width and hs.y <= cy <= hs.y + hs.height
+
+
+# ------------------------------------------------------------------ 12: fits its dock, names in words
+def _texts(widget):
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QGroupBox, QLabel
+
+    for w in widget.findChildren(QLabel):
+        yield w, w.text()
+    for w in widget.findChildren(QAbstractButton):
+        yield w, w.text()
+    for w in widget.findChildren(QGroupBox):
+        yield w, w.title()
+    for c in widget.findChildren(QComboBox):
+        for i in range(c.count()):
+            yield c, c.itemText(i)
+
+
+def test_the_widget_fits_its_dock_and_speaks_the_pathologists_language(make_napari_viewer, qtbot, tmp_path):
+    import re
+
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QLabel, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mitosis", "Mitosis review")
+    layer = _open(viewer, _link(shared_file(*CMU), tmp_path / "slides"))
+    widget.review.add_model_detections(pd.DataFrame({"x": [300.0, 700.0], "y": [400.0, 800.0],
+                                                     "class": ["mitotic_figure", "granulocyte"], "score": [0.9, 0.8]}))
+    widget.next_button.click()
+    qtbot.wait(300)
+    scroll = widget.findChild(QScrollArea)
+    assert scroll.horizontalScrollBar().maximum() == 0, "horizontal scrolling in the dock"
+    clipped = []
+    for w in widget.findChildren((QLabel, QAbstractButton, QComboBox)):
+        if not w.isVisible():
+            continue
+        if isinstance(w, QLabel) and w.wordWrap():
+            continue
+        if w.sizeHint().width() > w.width() + 1:
+            clipped.append((type(w).__name__, w.text() if hasattr(w, "text") else w.currentText(), w.sizeHint().width(),
+                            w.width()))
+    assert not clipped, clipped
+    internal = re.compile(r"\b(mitotic_figure|granulocyte\b|model\b|[a-z]+_[a-z_]+)")
+    shown = [t for _, t in _texts(widget) if internal.search(re.sub(r"<[^>]+>", "", t)) and "/" not in t]
+    assert not shown, shown
+    assert "1 level " in widget.levels_label.text() or "levels" in widget.levels_label.text()
+    assert layer is not None

@@ -48,6 +48,7 @@ from .review_panels import (
     FilesPanel,
     QueuePanel,
     SlidePanel,
+    breakable,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -331,7 +332,7 @@ class ReviewWidget(QWidget):
 
     def _show_slide_info(self, layer, slide):
         w, h = slide.dimensions
-        self.slide_label.setText(layer.name)
+        self.slide_label.setText(breakable(layer.name))
         mm = f" ({w * slide.mpp / 1000:.1f} x {h * slide.mpp / 1000:.1f} mm)" if slide.mpp else ""
         self.size_label.setText(f"{w:,} x {h:,} px{mm}")
         if slide.mpp:
@@ -370,7 +371,7 @@ class ReviewWidget(QWidget):
         self.review.on_focus = self._show_current
         self.review.order = self.queue_panel.order_key()
         self.review.current_class = self.queue_panel.class_key()
-        self.file_label.setText(str(self.review.path))
+        self.file_label.setText(breakable(str(self.review.path)))
         self._update_counts()
 
     def _apply_mpp(self):
@@ -652,11 +653,11 @@ class ReviewWidget(QWidget):
         """The autosave path, or in red why it failed (and a retry in a few seconds)."""
         if review.save_error is None:
             self.file_label.setStyleSheet("")
-            self.file_label.setText(str(review.path))
+            self.file_label.setText(breakable(str(review.path)))
             return
         self.file_label.setStyleSheet("color: #e05050")
         self.file_label.setText(f"NOT SAVED ({review.save_error}); retrying every {SAVE_RETRY_S} s. Edits are in "
-                                f"memory only: fix the problem or use 'Save review in…' ({review.path})")
+                                f"memory only: fix the problem or use 'Save review in…' ({breakable(str(review.path))})")
         if not self._save_retry.isActive():
             self._save_retry.start(SAVE_RETRY_S * 1000)
 
@@ -745,7 +746,7 @@ class ReviewWidget(QWidget):
     def _folder_dialog(self):
         folder = QFileDialog.getExistingDirectory(self, "Save the review in")
         if folder:
-            self.file_label.setText(str(self._guard(self.review.move_file, folder) or self.review.path))
+            self.file_label.setText(breakable(str(self._guard(self.review.move_file, folder) or self.review.path)))
 
     def _guard(self, func, *args):
         try:

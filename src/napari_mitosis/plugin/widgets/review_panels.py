@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -43,6 +44,21 @@ def _wrapping(text: str = "-") -> QLabel:
     label = QLabel(text)
     label.setWordWrap(True)
     return label
+
+
+def breakable(text: str) -> str:
+    """A path or file name that a word-wrapping label can break after / . _ - (zero-width spaces):
+    a long name wraps inside the dock instead of widening it."""
+    for ch in "/\\._-":
+        text = text.replace(ch, ch + "\u200b")
+    return text
+
+
+def _narrow(combo: QComboBox, chars: int = 6) -> QComboBox:
+    """A combo box that may be narrower than its longest item (shown whole in its list)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
 
 
 class SlidePanel(QGroupBox):
@@ -101,11 +117,14 @@ class SensitivityControl(QWidget):
         for i, key in enumerate(self.LABELS):
             self.combo.setItemData(i, self._tooltip(key), 3)  # Qt.ToolTipRole
         self.combo.currentIndexChanged.connect(self._changed)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(QLabel("Sensitivity:"))
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.threshold)
+        _narrow(self.combo)
+        grid = QGridLayout(self)  # two rows: the dock's default width holds them
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.addWidget(QLabel("Sensitivity:"), 0, 0)
+        grid.addWidget(self.combo, 0, 1)
+        grid.addWidget(QLabel("Threshold:"), 1, 0)
+        grid.addWidget(self.threshold, 1, 1)
+        grid.setColumnStretch(1, 1)
         self._changed()
 
     @staticmethod
@@ -156,12 +175,14 @@ class AnalysePanel(QGroupBox):
 
     def __init__(self, step_names: dict, unavailable: dict, devices_found: str):
         super().__init__("Analyse")
-        self.region = QComboBox()
+        self.region = _narrow(QComboBox())
         self.region.addItems([REGION_VIEW, REGION_RECTANGLE, REGION_TISSUE])
         self.region.setToolTip("A drawn rectangle or polygon (Shapes layer) is analysed inside its outline")
         self.step_boxes = {}
         for key, label in step_names.items():
-            box = QCheckBox(label)
+            short, _, more = label.partition(" (")  # the details in the tooltip: the box fits the dock
+            box = QCheckBox(short)
+            box.setToolTip(f"{short} ({more}" if more else short)
             box.setChecked(key == "cells")
             if unavailable.get(key):
                 box.setEnabled(False)
@@ -171,13 +192,13 @@ class AnalysePanel(QGroupBox):
         self.operating_point.setContentsMargins(0, 0, 0, 0)
         self.sensitivity = SensitivityControl()
         self.operating_point.addWidget(self.sensitivity)
-        self.nuclei_method = QComboBox()
+        self.nuclei_method = _narrow(QComboBox())
         self.nuclei_method.addItems(["unet", "log"])
         self.nuclei_method.setToolTip("unet: the shipped U-Net; log: the fast Laplacian-of-Gaussian baseline")
-        self.stain = QComboBox()
+        self.stain = _narrow(QComboBox())
         self.stain.addItems(["none", "macenko", "reinhard", "neural"])
         self.stain.setToolTip("Stain transfer before cell detection (to the training data's look)")
-        self.device = QComboBox()
+        self.device = _narrow(QComboBox())
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device_label = _wrapping(f"found: {devices_found}")
         self.run_button = QPushButton(RUN_LABEL)
@@ -204,11 +225,11 @@ class QueuePanel(QGroupBox):
 
     def __init__(self, key_help: str):
         super().__init__("Review")
-        self.order = QComboBox()
+        self.order = _narrow(QComboBox())
         self.order.addItems(list(ORDER_LABELS.values()))
         self.prev_button = QPushButton("◀ Previous")
         self.next_button = QPushButton("Next ▶")
-        self.new_class = QComboBox()
+        self.new_class = _narrow(QComboBox())
         for key, label in CLASS_LABELS.items():
             self.new_class.addItem(label, key)
         self.review_label = _wrapping()
@@ -258,7 +279,8 @@ class FilesPanel(QGroupBox):
         super().__init__("Files")
         self.file_label = _wrapping()
         self.folder_button = QPushButton("Save review in…")
-        self.export_button = QPushButton("Export counts + detections…")
+        self.export_button = QPushButton("Export counts, cells…")
+        self.export_button.setToolTip("Write counts.csv, detections.csv and detections.geojson (QuPath) into a folder")
         self.training_button = QPushButton("Export for retraining…")
         self.import_button = QPushButton("Import detections…")
         form = QFormLayout(self)
