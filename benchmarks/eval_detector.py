@@ -10,7 +10,8 @@ Validation domains (never trained on; ``training/train_detector.HOLDOUT_*``):
   without full frames. For validation only, never for training (a network would learn the seams).
 - ``lookalike``: the held-out MITOS-ATYPIA-14 look-alikes (group A03_03) pasted the same way:
   the share that gets a mitosis detection.
-- ``mitos14``: the 16 frames of MITOS-ATYPIA-14 group A03_03 (0.368 um/px, the scale fix).
+- ``mitos14``: the 16 frames of MITOS-ATYPIA-14 group A03_03, at their recorded 0.2455 um/px as
+  a user runs them (their cells look 1.5x larger than the pixel size says; training covers both).
 - ``eoe``: the EoE tiles of the 7 held-out blocks (granulocytes).
 
 Matching as in MIDOG: one-to-one within 7.5 um, greedy by score, micro F1 per domain.
@@ -42,6 +43,7 @@ from napari_mitosis.training.detector_data import CROP_MPP, DENSE_MPP, MITOS_MPP
 from napari_mitosis.training.train_detector import CACHE, holdout_mask  # noqa: E402
 
 MATCH_UM = 7.5
+MITOS_RECORDED_MPP = 0.2455
 MIT_DOMAINS = ("paste/atnorm_br", "paste/amibr_hamamatsu_s360", "mitos14")
 GRAN_DOMAINS = ("eoe",)
 CAND_GRID = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
@@ -114,7 +116,8 @@ def validation_sets(cache=CACHE):
         elif g.startswith("eoe/") and h:
             eoe_ims.append(read_rgb(p))
             eoe_gt.append((none, np.asarray(r_gran).reshape(-1, 2)))
-    sets["mitos14"] = dict(images=mit_ims, mpp=MITOS_MPP, gt=mit_gt)
+    # at the recorded pixel size, as a user runs them (napari-mitosis detect FRAME --mpp 0.2455)
+    sets["mitos14"] = dict(images=mit_ims, mpp=MITOS_RECORDED_MPP, gt=mit_gt)
     sets["eoe"] = dict(images=eoe_ims, mpp=0.5, gt=eoe_gt)
     return sets
 

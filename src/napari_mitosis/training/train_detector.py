@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..core.stain import hed_jitter
 from ..models.dense_net import dense_candidates, dense_probabilities
 from ..models.effnet import load_imagenet
+from ..models.tensors import rgb_to_tensor
 from .cell_data import find_nuclei
 from .detector_data import CLS_MPP, DEFAULT_CACHE, DEFAULT_DATA, DENSE_MPP, build_cache, load_cache
 
@@ -86,7 +87,7 @@ def warp(img, cx, cy, out, rng, scale=SCALE, shift_px=0.0, rotate=True):
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """(n, h, w, 3) uint8 -> (n, 3, h, w) float in [0, 1], the shipped networks' inputs."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
+    return rgb_to_tensor(batch, scale=255.0, channels_last=True)
 
 
 # ------------------------------------------------------------------ dense stage
@@ -213,7 +214,7 @@ class ClsSampler:
         self.pools = {"mit": self.rows[(lab == 0) & ~frame], "mit_frame": self.rows[(lab == 0) & frame],
                       "gran": self.rows[lab == 1], "look": self.rows[kind == 1],
                       "auto": self.rows[kind == 2], "mined": self.mined}
-        self.p = {"mit": 0.28, "mit_frame": 0.07, "gran": 0.15, "look": 0.08,
+        self.p = {"mit": 0.25, "mit_frame": 0.12, "gran": 0.15, "look": 0.08,
                   "auto": 0.22 if len(self.mined) else 0.42, "mined": 0.2 if len(self.mined) else 0.0}
 
     def one(self):
