@@ -314,3 +314,88 @@ def test_the_widget_fits_its_dock_and_speaks_the_pathologists_language(make_napa
     assert not shown, shown
     assert "1 level " in widget.levels_label.text() or "levels" in widget.levels_label.text()
     assert layer is not None
+
+
+# ------------------------------------------------------------------ 11: markers one can see through
+def test_markers_are_thin_rings_of_fixed_screen_size_at_overview_and_can_be_hidden(make_napari_viewer, tmp_path):
+    from napari.settings import get_settings
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    layer = _open(viewer, slide_path)
+    r = widget.review
+    r.add_model_detections(pd.DataFrame({"x": [300.0, 700.0, 1500.0], "y": [400.0, 800.0, 1200.0],
+                                         "class": ["mitotic_figure", "granulocyte", "other"], "score": [0.9, 0.8, 0.7]}))
+    pts = r.layer
+    # at overview a fixed screen size (QuPath-style): never smaller than a visible dot
+    assert pts.canvas_size_limits[0] >= 8
+    # at review zoom a thin ring around the cell, not a disc over it: transparent inside, ring <= 10 %,
+    # wide enough (>= 18 um) for a mitotic figure (<= 15 um) to show inside
+    assert str(pts.symbol[0]).lower() in ("disc", "o", "symbol.disc")
+    assert np.all(pts.face_color[:, 3] == 0)
+    assert pts.border_width_is_relative and np.all(pts.border_width <= 0.1)
+    assert pts.size[0] * layer.scale[-1] >= 18
+    # colours: none of them near napari's selection highlight; unreviewed dimmer than reviewed
+    hl = np.asarray(get_settings().appearance.highlight.highlight_color)[:3]
+    assert min(np.linalg.norm(pts.border_color[:, :3] - hl, axis=1)) > 0.4, pts.border_color
+    r.state.confirm([0])
+    r._changed()
+    assert pts.border_color[0, 3] > pts.border_color[1, 3]
+    # H hides and shows them, whichever layer is selected
+    viewer.layers.selection.active = layer
+    _press(viewer, "h")
+    assert not pts.visible
+    _press(viewer, "h")
+    assert pts.visible
+
+
+# ------------------------------------------------------------------ 13: imports that cannot be trusted
+def test_a_file_of_another_slide_asks_first_and_negatives_become_rejected_cells(make_napari_viewer, tmp_path,
+                                                                                monkeypatch):
+    from napari_mitosis.io.detections import to_geojson
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    cells = pd.DataFrame({"x": [300.0, 700.0, 1500.0, 1800.0], "y": [400.0, 800.0, 1200.0, 2000.0],
+                          "class": ["mitotic_figure"] * 4, "score": [0.9, 0.8, 0.7, 0.6]})
+    other = tmp_path / "other.geojson"
+    other.write_text(json.dumps(to_geojson(cells, mpp=0.5, slide="TCGA-XX-0000.svs")))
+    asked = []
+    monkeypatch.setattr(widget, "_confirm", lambda q: asked.append(q) or False)
+    assert widget.import_detections(other) == 0  # refused: nothing imported
+    assert "TCGA-XX-0000.svs" in asked[0] and len(widget.review.state.df) == 0
+    assert "names the slide 'TCGA-XX-0000.svs'" in widget.status.text()
+    monkeypatch.setattr(widget, "_confirm", lambda q: True)  # confirmed: imported
+    assert widget.import_detections(other) == 4
+    # the same slide's own name is not asked about
+    mine = tmp_path / "mine.geojson"
+    mine.write_text(json.dumps(to_geojson(cells.assign(x=cells.x + 50), mpp=0.5, slide=slide_path.name)))
+    monkeypatch.setattr(widget, "_confirm", lambda q: pytest.fail("asked about its own slide"))
+    assert widget.import_detections(mine) == 4
+    # labels that say "not a mitosis" become rejected cells (hard negatives), not mitoses
+    csv = tmp_path / "negatives.csv"
+    pd.DataFrame({"x": [100.0, 200.0, 300.0, 400.0], "y": [1000.0] * 4,
+                  "class": ["not_mitosis", "Non-mitosis", "negative", "mitosis"]}).to_csv(csv, index=False)
+    before_counts = {r["class"]: r["count"] for r in widget.counts()[0]}
+    assert widget.import_detections(csv) == 4
+    r = widget.review
+    assert len(r.state.rejected) == 3 and set(r.state.rejected["x"]) == {100.0, 200.0, 300.0}
+    after = {r_["class"]: r_["count"] for r_ in widget.counts()[0]}
+    assert after["mitotic_figure"] == before_counts["mitotic_figure"] + 1
+    assert after.get("other", 0) == before_counts.get("other", 0)
+    assert "3 of them labelled as not mitoses" in widget.status.text()
+    assert widget.import_detections(csv) == 0  # again: nothing new
+
+
+def test_the_nuclei_types_csv_is_written_safely(make_napari_viewer, tmp_path):
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    widget.review.nuclei_types = pd.DataFrame({"x": [10.0], "y": [20.0], "type": [1], "type_name": ['=HYPERLINK("x")']})
+    paths = widget.export(tmp_path / "out")
+    text = paths["nuclei_types"].read_text()
+    assert "'=HYPERLINK" in text and "\n=HYPERLINK" not in text and ",=HYPERLINK" not in text

@@ -31,7 +31,7 @@ from ..errors import NapariMitosisError
 CLASSES = {
     "mitotic_figure": ("Mitotic figure", (220, 30, 60)),
     "granulocyte": ("Granulocyte", (255, 150, 0)),
-    "other": ("Other", (80, 160, 255)),
+    "other": ("Other", (150, 220, 40)),  # not blue: napari's selection highlight is blue
 }
 STATUSES = ("model", "confirmed", "corrected", "added")
 COLUMNS = ["x", "y", "class", "score", "status"]
@@ -65,6 +65,22 @@ def class_name(name) -> str:
     return "other"
 
 
+#: Labels that say a cell is *not* a mitotic figure (a hard negative), as other tools write them.
+NEGATIVE_NAMES = {"nonmitosis", "notmitosis", "nomitosis", "negative", "hardnegative", "nonmitoticfigure",
+                  "notmitoticfigure", "mitosisnegative", "false", "falsepositive", "fp"}
+
+
+def is_negative_name(name) -> bool:
+    """Whether a label says "not a mitosis" (``not_mitosis``, ``Non-mitosis``, ``negative``, ...).
+
+    >>> [is_negative_name(n) for n in ("not_mitosis", "Non-mitosis", "negative", "Mitosis", "look-alike", None)]
+    [True, True, True, False, False, False]
+    """
+    if name is None or (isinstance(name, float) and np.isnan(name)):
+        return False
+    return "".join(ch for ch in str(name).lower() if ch.isalnum()) in NEGATIVE_NAMES
+
+
 def class_color(name: str, alpha: float | None = None) -> tuple:
     """RGB 0-1 (or RGBA) colour of a class.
 
@@ -91,7 +107,13 @@ def check_detections(df, name: str = "detections") -> pd.DataFrame:
     if bad.any():
         raise DetectionsError(f"{name}: row {int(np.argmax(bad)) + 1} has an x/y that is not a finite number")
     out[["x", "y"]] = xy.astype(float)
-    out["class"] = [class_name(c) for c in out["class"]] if "class" in out else "mitotic_figure"
+    if "class" in out:
+        negative = np.array([is_negative_name(c) for c in out["class"]], bool)
+        if negative.any() and "negative" not in out:  # "not a mitosis": kept, for the review's hard negatives
+            out["negative"] = negative
+        out["class"] = [class_name(c) for c in out["class"]]
+    else:
+        out["class"] = "mitotic_figure"
     out["score"] = pd.to_numeric(out["score"], errors="coerce").astype(float) if "score" in out else np.nan
     if "status" in out:
         status = out["status"].fillna("model").astype(str).str.lower()

@@ -251,6 +251,20 @@ class ReviewState:
         self._changed()
         return ids
 
+    def add_rejected(self, detections) -> list[int]:
+        """Add cells a file says are not mitotic figures (hard negatives) to :attr:`rejected`: not
+        counted, kept as negatives for retraining, and a run does not detect them again. Returns their ids."""
+        det = check_detections(detections).drop(columns=["negative"], errors="ignore")
+        if not len(det):
+            return []
+        self._push()
+        det = det.copy()
+        det.insert(0, "id", np.asarray(self._next_ids(len(det)), dtype=np.int64))
+        det["model_class"] = None
+        self.rejected = pd.concat([self.rejected, det], ignore_index=True) if len(self.rejected) else det
+        self._changed()
+        return det["id"].tolist()
+
     def set_class(self, ids, cls: str) -> None:
         """Give the cells ``ids`` the class ``cls`` (status ``corrected``, or ``confirmed``
         when it is what the model said; hand-added cells stay ``added``)."""

@@ -16,6 +16,7 @@ Keys (on the viewer while the review widget is open, whichever layer is selected
 ``I``                 insert a cell of the current class at the mouse
 ``Shift+M/G/O``       insert a mitotic figure / granulocyte / other at the mouse
 ``N`` / ``Shift+N``   next / previous unreviewed detection (centres and selects it)
+``H``                 hide / show the markers
 ``Ctrl+Z``            undo; ``Ctrl+Shift+Z`` redo
 ====================  ================================================
 """
@@ -31,9 +32,15 @@ from ...core.detections import CLASSES, class_color, hex_color
 from ...core.review import ReviewState
 from ...io import sidecar
 
-#: Marker diameter on the slide (um).
-MARKER_UM = 14.0
-STATUS_COLORS = {"model": (1, 1, 1, 1), "confirmed": (0.1, 0.9, 0.2, 1), "corrected": (1, 0.9, 0.1, 1), "added": (0.2, 0.9, 1, 1)}
+#: Markers (QuPath-style): a thin ring in the class colour around the cell, wide enough not to cover a
+#: mitotic figure (about 5-15 um) at review zoom; never smaller than MARKER_MIN_PX on the screen, so that
+#: at overview every detection is a dot of the same screen size.
+MARKER_UM = 24.0
+MARKER_RING = 0.08  # ring width, relative to the diameter
+MARKER_MIN_PX, MARKER_MAX_PX = 10, 4000
+#: Ring opacity by status: unreviewed model calls are dimmer than reviewed cells.
+STATUS_ALPHA = {"model": 0.55, "confirmed": 1.0, "corrected": 1.0, "added": 1.0}
+TRANSPARENT = "transparent"
 CLASS_KEYS = {"m": "mitotic_figure", "g": "granulocyte", "o": "other"}
 #: A queue jump shows at least this much tissue around the cell (um across).
 FOCUS_FIELD_UM = 120.0
@@ -42,8 +49,18 @@ SAME_CELL_UM = 6.0
 
 KEY_HELP = (
     "M/G/O: class of selected · C: confirm · X/Del: remove · I: add at mouse (Shift+M/G/O: add that class) · "
-    "N/Shift+N: next/previous to review · Ctrl+Z / Ctrl+Shift+Z: undo/redo"
+    "N/Shift+N: next/previous to review · H: hide/show markers · Ctrl+Z / Ctrl+Shift+Z: undo/redo"
 )
+
+
+class OtherSlideError(ValueError):
+    """An imported file names another slide (the widget asks whether to import it anyway)."""
+
+
+def _same_slide_name(a: str, b: str) -> bool:
+    """Whether two slide names are the same slide's (the file name, or its name without extensions)."""
+    a, b = Path(str(a)).name, Path(str(b)).name
+    return a == b or a.split(".")[0] == b.split(".")[0]
 
 
 class DetectionReview:
@@ -87,6 +104,7 @@ class DetectionReview:
         self.saved_mpp: float | None = None  # the pixel size the file was saved with
         self.canvas_width = canvas_width
         self.save_error: str | None = None  # why the last autosave failed (None: saved)
+        self.last_import_negatives = 0  # how many cells of the last import were hard negatives
         self._syncing = False
         self._focus: int | None = None
         self.identity = sidecar.slide_identity(self.slide)
@@ -276,19 +294,21 @@ class DetectionReview:
         if self.layer_name in self.viewer.layers:  # a stale layer of that name (e.g. of an earlier review)
             self.viewer.layers.remove(self.layer_name)
         scale = tuple(self.slide_layer.scale[-2:])  # on the slide whatever units it is shown in
-        size = MARKER_UM / self.mpp if self.mpp else 28
+        size = MARKER_UM / self.mpp if self.mpp else 48
         self.layer = self.viewer.add_points(
             np.zeros((0, 2)),
             name=self.layer_name,
             scale=scale,
             units=self.slide_layer.units,
             size=size,
-            symbol="ring",
-            border_width=0.12,
+            symbol="o",
+            border_width=MARKER_RING,
             border_width_is_relative=True,
+            canvas_size_limits=(MARKER_MIN_PX, MARKER_MAX_PX),
             features=self._features().iloc[:0],
             feature_defaults={"id": -1, "class": self.current_class, "score": np.nan, "status": "added"},
-            face_color=hex_color(class_color(self.current_class)),
+            face_color=TRANSPARENT,
+            border_color=hex_color(class_color(self.current_class)),
             # class and score beside each cell; off by default (layer controls: "display text")
             text={"string": "{class}: {score:.2f}", "size": 8, "color": "white", "anchor": "upper_left",
                   "translation": (-size / 2, size / 2), "visible": False},
@@ -332,8 +352,8 @@ class DetectionReview:
                 layer.selected_data = {int(i) for i in idx}
             if self._defaults_for != self.current_class:  # each of these redraws all points: only when changed
                 layer.feature_defaults = {"id": -1, "class": self.current_class, "score": np.nan, "status": "added"}
-                layer.current_face_color = hex_color(class_color(self.current_class))
-                layer.current_border_color = hex_color(STATUS_COLORS["added"][:3])
+                layer.current_face_color = TRANSPARENT
+                layer.current_border_color = hex_color(class_color(self.current_class))
                 self._defaults_for = self.current_class
         finally:
             self._syncing = False
@@ -346,12 +366,12 @@ class DetectionReview:
     @staticmethod
     def _colors(classes, statuses):
         classes, statuses = np.asarray(classes, object), np.asarray(statuses, object)
-        face = np.empty((len(classes), 4), np.float32)
+        face = np.zeros((len(classes), 4), np.float32)  # the cell stays visible inside its ring
         border = np.empty((len(statuses), 4), np.float32)
         for c in set(classes.tolist()):
-            face[classes == c] = class_color(c, 1.0)
+            border[classes == c] = class_color(c, 1.0)
         for st in set(statuses.tolist()):
-            border[statuses == st] = STATUS_COLORS.get(st, (1, 1, 1, 1))
+            border[statuses == st, 3] = STATUS_ALPHA.get(st, 1.0)
         return face, border
 
     def _rebuild(self, layer, df):
@@ -572,11 +592,17 @@ class DetectionReview:
         self.nuclei_types = new
         self._changed()
 
-    def check_import(self, df, name: str = "the file"):
+    def check_import(self, df, name: str = "the file", other_slide_ok: bool = False):
         """Refuse detections that cannot be on this slide (ValueError naming the first one): outside
-        the slide in level-0 pixels (another slide's file, or other units)."""
+        the slide in level-0 pixels (another slide's file, or other units); a file that names another
+        slide is refused with :class:`OtherSlideError` unless ``other_slide_ok`` (the user confirmed)."""
         from ...core.detections import check_detections
 
+        named = (getattr(df, "attrs", None) or {}).get("slide")
+        this = Path(str(self.slide.path)).name
+        if named and not other_slide_ok and not _same_slide_name(named, this):
+            raise OtherSlideError(f"{name} names the slide {named!r}, not this one ({this!r}): its cells may be "
+                                  "of another slide. Nothing was imported")
         df = check_detections(df, name)
         h, w = self.slide.shape
         x, y = df["x"].to_numpy(float), df["y"].to_numpy(float)
@@ -588,23 +614,32 @@ class DetectionReview:
                              "slide, or not in level-0 pixels? Nothing was imported")
         return df
 
-    def import_detections(self, df, name: str = "the file") -> int:
+    def import_detections(self, df, name: str = "the file", other_slide_ok: bool = False) -> int:
         """Add detections read from a file (their status kept); returns how many were new.
 
         Refused as a whole (ValueError) when a coordinate is not a finite number or lies off the
-        slide; a cell already in the review at the same place (within 1 px) is not added again,
-        so importing a file twice does not duplicate it.
+        slide, or (:class:`OtherSlideError`) when the file names another slide and ``other_slide_ok``
+        is not given; a cell already in the review at the same place (within 1 px) is not added
+        again, so importing a file twice does not duplicate it. Cells labelled as not mitoses
+        (``not_mitosis``, ``non-mitosis``, ``negative``, ...) become rejected cells (hard negatives):
+        not counted, kept for retraining.
         """
         from ...core.review import near
 
-        df = self.check_import(df, name)
-        df = df[~near(df[["x", "y"]].to_numpy(float), self.state.df[["x", "y"]].to_numpy(float), 1.0)]
+        df = self.check_import(df, name, other_slide_ok)
+        known = pd.concat([self.state.df[["x", "y"]], self.state.rejected[["x", "y"]]]).to_numpy(float)
+        df = df[~near(df[["x", "y"]].to_numpy(float), known, 1.0)]
         self.ensure_layer()
         if not len(df):
             return 0
-        ids = self.state.load(df)
+        negative = df.pop("negative").fillna(False).astype(bool).to_numpy() if "negative" in df else np.zeros(len(df), bool)
+        self.last_import_negatives = int(negative.sum())
+        if negative.any():
+            self.state.add_rejected(df[negative])
+        if (~negative).any():
+            self.state.load(df[~negative])
         self._changed()
-        return len(ids)
+        return len(df)
 
     # ------------------------------------------------------------ queue
     def current(self) -> dict | None:
@@ -625,6 +660,12 @@ class DetectionReview:
         index = int(np.nonzero(order == pid)[0][0]) + 1
         return {"id": int(pid), "index": index, "total": len(df), "class": row["class"], "score": float(row["score"]),
                 "status": row["status"], "x": float(row["x"]), "y": float(row["y"])}
+
+    def toggle_markers(self) -> bool:
+        """Hide / show the markers (to look at the tissue under them); returns whether they are shown."""
+        layer = self.ensure_layer()
+        layer.visible = not layer.visible
+        return layer.visible
 
     def go_to_hotspot(self) -> bool:
         """Centre the view on the hotspot and fit it in the canvas; False when there is none."""
@@ -695,6 +736,6 @@ def review_keys(get_review, viewer) -> dict:
         keys[k] = on_review("set_class", cls)
         keys[f"Shift-{k}"] = on_review("add_at", lambda: viewer.cursor.position, cls)
     keys.update({"c": on_review("confirm"), "x": on_review("remove"), "i": on_review("add_at", lambda: viewer.cursor.position),
-                 "n": on_review("go", 1), "Shift-n": on_review("go", -1), "Control-z": on_review("undo"),
+                 "n": on_review("go", 1), "h": on_review("toggle_markers"), "Shift-n": on_review("go", -1), "Control-z": on_review("undo"),
                  "Control-Shift-z": on_review("redo")})
     return keys

@@ -682,10 +682,10 @@ class ReviewWidget(QWidget):
         rows, hotspot, area, _ = self.counts()
         paths = write_review_files(folder, r.state.detections(), rows, hotspot, area, r.mpp, Path(r.slide.path).name)
         if r.nuclei_types is not None and len(r.nuclei_types):
-            from ...io.detections import atomic_write_text
+            from ...io.detections import atomic_write_text, safe_csv_text
 
-            paths["nuclei_types"] = atomic_write_text(folder / "nuclei_types.csv",
-                                                      r.nuclei_types.to_csv(index=False, float_format="%.6g"))
+            paths["nuclei_types"] = atomic_write_text(folder / "nuclei_types.csv",  # formulas escaped, like every CSV
+                                                      safe_csv_text(r.nuclei_types, float_format="%.6g"))
         self.status.setText(f"exported {len(r.state.df):,} detections and counts to {folder}")
         return paths
 
@@ -718,15 +718,36 @@ class ReviewWidget(QWidget):
         self._refresh()
 
     def import_detections(self, path) -> int:
+        """Import a detections file (CSV / GeoJSON) into the current review; a file that names another
+        slide is imported only when the user confirms it (:meth:`_confirm`)."""
         from ...io.detections import read_detections
+        from .annotations import OtherSlideError
 
         df = read_detections(path)
-        n = self.review.import_detections(df, Path(path).name)
+        name = Path(path).name
+        try:
+            n = self.review.import_detections(df, name)
+        except OtherSlideError as exc:
+            if not self._confirm(f"{exc.args[0].replace('. Nothing was imported', '')}.\n\nImport it anyway?"):
+                self.status.setText(str(exc))
+                return 0
+            n = self.review.import_detections(df, name, other_slide_ok=True)
         skipped = len(df) - n
-        self.status.setText(f"imported {n:,} detections from {Path(path).name}"
+        neg = self.review.last_import_negatives if n else 0
+        self.status.setText(f"imported {n:,} cells from {name}"
+                            + (f", {neg:,} of them labelled as not mitoses (kept as rejected cells)" if neg else "")
                             + (f" ({skipped:,} already in the review)" if skipped else ""))
         self._keep_detections_on_top()
         return n
+
+    def _confirm(self, question: str) -> bool:
+        """Ask the user a yes/no question (default: no)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "Import detections", question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def _export_dialog(self):
         folder = QFileDialog.getExistingDirectory(self, "Export counts and detections to")
