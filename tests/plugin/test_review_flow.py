@@ -399,3 +399,35 @@ def test_the_nuclei_types_csv_is_written_safely(make_napari_viewer, tmp_path):
     paths = widget.export(tmp_path / "out")
     text = paths["nuclei_types"].read_text()
     assert "'=HYPERLINK" in text and "\n=HYPERLINK" not in text and ",=HYPERLINK" not in text
+
+
+# ------------------------------------------------------------------ 15: the detection table
+def test_the_detection_table_lists_class_score_status_and_a_click_goes_to_the_cell(make_napari_viewer, qtbot,
+                                                                                    tmp_path):
+    from qtpy.QtCore import Qt
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    layer = _open(viewer, slide_path)
+    r = widget.review
+    r.add_model_detections(pd.DataFrame({"x": [300.0, 700.0, 1500.0], "y": [400.0, 800.0, 1200.0],
+                                         "class": ["mitotic_figure", "granulocyte", "mitotic_figure"],
+                                         "score": [0.7, 0.95, 0.8]}))
+    model = widget.table.model()
+    assert model.rowCount() == 3
+    rows = [[model.data(model.index(i, c)) for c in range(4)] for i in range(3)]
+    assert rows == [["1", "Granulocyte", "0.95", "not reviewed"], ["2", "Mitotic figure", "0.80", "not reviewed"],
+                    ["3", "Mitotic figure", "0.70", "not reviewed"]]  # the queue's order: by score
+    assert [model.headerData(c, Qt.Orientation.Horizontal) for c in range(4)] == ["#", "Class", "Score", "Status"]
+    # click the third row: the view goes to that cell, and it is the current one
+    rect = widget.table.visualRect(model.index(2, 1))
+    qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert r.selected_ids() == [0]
+    np.testing.assert_allclose(viewer.camera.center[-2:], np.array([400, 300]) * layer.scale[-2:], rtol=1e-3)
+    assert "Cell 3 / 3" in widget.current_label.text()
+    r.confirm()  # edits show in the table
+    assert model.data(model.index(2, 3)) == "confirmed"
+    # the current cell is the selected row
+    widget.next_button.click()
+    assert [i.row() for i in widget.table.selectionModel().selectedRows()] == [0]

@@ -104,7 +104,8 @@ class DetectionReview:
         self.saved_mpp: float | None = None  # the pixel size the file was saved with
         self.canvas_width = canvas_width
         self.save_error: str | None = None  # why the last autosave failed (None: saved)
-        self.last_import_negatives = 0  # how many cells of the last import were hard negatives
+        self.last_import_negatives = 0
+        self._order_cache = None  # how many cells of the last import were hard negatives
         self._syncing = False
         self._focus: int | None = None
         self.identity = sidecar.slide_identity(self.slide)
@@ -656,7 +657,7 @@ class DetectionReview:
         if not len(where):
             return None
         row = df.iloc[int(where[0])]
-        order = self.state.full_order(self.order)
+        order = self.order_ids()
         index = int(np.nonzero(order == pid)[0][0]) + 1
         return {"id": int(pid), "index": index, "total": len(df), "class": row["class"], "score": float(row["score"]),
                 "status": row["status"], "x": float(row["x"]), "y": float(row["y"])}
@@ -678,9 +679,16 @@ class DetectionReview:
         self.viewer.camera.zoom = 0.9 * w_px / (max(h.width, h.height) * float(scale[-1]))
         return True
 
+    def order_ids(self) -> np.ndarray:
+        """All cell ids in the queue's order (cached until the next change)."""
+        key = (self.state.version, id(self.state.df), self.order)
+        if self._order_cache is None or self._order_cache[0] != key:
+            self._order_cache = (key, self.state.full_order(self.order))
+        return self._order_cache[1]
+
     def go(self, step: int = 1) -> int | None:
         """Select the next (``step=1``) / previous (``-1``) unreviewed detection and centre the view on it."""
-        layer = self.ensure_layer()
+        self.ensure_layer()
         after = self._focus
         sel = self.selected_ids()
         if sel:
@@ -688,13 +696,20 @@ class DetectionReview:
         pid = self.state.next_unreviewed(self.order, after=after, step=step)
         if pid is None:
             return None
-        self._focus = pid
-        row = self.state.df[self.state.df["id"] == pid].iloc[0]
+        return self.go_to(pid)
+
+    def go_to(self, pid: int) -> int | None:
+        """Select cell ``pid`` and centre the view on it (zoomed in enough to judge it)."""
+        layer = self.ensure_layer()
+        where = np.nonzero(self.state.df["id"].to_numpy() == pid)[0]
+        if not len(where):
+            return None
+        self._focus = int(pid)
+        row = self.state.df.iloc[int(where[0])]
         self.refresh()
-        idx = int(np.nonzero(self.state.df["id"].to_numpy() == pid)[0][0])
         self._syncing = True
         try:
-            layer.selected_data = {idx}
+            layer.selected_data = {int(where[0])}
         finally:
             self._syncing = False
         world = np.asarray(layer.data_to_world((row["y"], row["x"])))[-2:]
@@ -702,7 +717,7 @@ class DetectionReview:
         self._zoom_to(FOCUS_FIELD_UM)
         if self.on_focus is not None:
             self.on_focus()
-        return pid
+        return int(pid)
 
     def _zoom_to(self, field_um: float):
         """Zoom in so that about ``field_um`` shows across the canvas (never zoom out)."""

@@ -161,6 +161,13 @@ class ReviewWidget(QWidget):
         self.analyse_panel = AnalysePanel(STEP_NAMES, self.available_steps(), found_devices())
         self.queue_panel = QueuePanel(KEY_HELP)
         self.counts_panel = CountsPanel()
+        from qtpy.QtWidgets import QGroupBox
+
+        from .review_table import DetectionTable
+
+        self.table = DetectionTable()  # the detections, as QuPath's measurement table; click to go
+        self.table_panel = QGroupBox("Detections")
+        QVBoxLayout(self.table_panel).addWidget(self.table)
         self.files_panel = FilesPanel()
         # the controls by name, as tests and scripts reach them
         p = self.slide_panel
@@ -182,7 +189,8 @@ class ReviewWidget(QWidget):
         # the parts live in a scroll area: a short screen scrolls instead of squashing the buttons
         inner = QWidget()
         layout = QVBoxLayout(inner)
-        for panel in (self.slide_panel, self.analyse_panel, self.queue_panel, self.counts_panel, self.files_panel):
+        for panel in (self.slide_panel, self.analyse_panel, self.queue_panel, self.table_panel, self.counts_panel,
+                      self.files_panel):
             layout.addWidget(panel)
         layout.addStretch(1)
         scroll = QScrollArea()
@@ -199,6 +207,8 @@ class ReviewWidget(QWidget):
         self.order.currentIndexChanged.connect(self._order_changed)
         self.prev_button.clicked.connect(lambda: self._go(-1))
         self.hotspot_button.clicked.connect(self.go_to_hotspot)
+        self.table.clicked.connect(lambda index: self._go_to_row(index.row()))
+        self.table.activated.connect(lambda index: self._go_to_row(index.row()))
         self.next_button.clicked.connect(lambda: self._go(1))
         self.new_class.currentIndexChanged.connect(self._class_changed)
         self.export_button.clicked.connect(self._export_dialog)
@@ -558,6 +568,8 @@ class ReviewWidget(QWidget):
     def _order_changed(self, *_):
         if self.review is not None:
             self.review.order = self.queue_panel.order_key()
+            self._show_table()
+            self._show_current()
 
     def _class_changed(self, *_):
         if self.review is not None:
@@ -576,7 +588,21 @@ class ReviewWidget(QWidget):
         from .review_panels import current_text
 
         if self.review is not None:
-            self.current_label.setText(current_text(self.review.current()))
+            cell = self.review.current()
+            self.current_label.setText(current_text(cell))
+            self.table.show_current(None if cell is None else cell["id"])
+
+    def _show_table(self):
+        r = self.review
+        if r is not None:
+            self.table.cells.set_cells(r.state.df, r.order_ids())
+
+    def _go_to_row(self, row: int):
+        """A row of the detection table clicked: go to that cell."""
+        pid = self.table.cells.id_at(row)
+        if pid is not None and self.review is not None:
+            self.review.go_to(pid)
+            self.viewer.layers.selection.active = self.review.layer
 
     def go_to_hotspot(self):
         """Centre the view on the hotspot (the 2.37 mm² field with the most mitotic figures)."""
@@ -643,6 +669,7 @@ class ReviewWidget(QWidget):
                          + (f" = {mf['per_2.37mm2']:.1f} per 2.37 mm²" if np.isfinite(mf["per_2.37mm2"]) else ""))
         self.counts_label.setText("<br>".join(lines))
         self.hotspot_button.setEnabled(hotspot is not None and hotspot.count > 0)
+        self._show_table()
         self._show_current()
         new = show.hotspot_name(r.slide_layer) not in self.viewer.layers
         if show.show_hotspot(self.viewer, r.slide_layer, hotspot) is not None and new:
