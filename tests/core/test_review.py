@@ -79,3 +79,17 @@ def test_ids_stay_unique_after_removals():
     s.remove([3])
     new = s.add_model(pd.DataFrame({"x": [1.0], "y": [1.0], "class": ["granulocyte"], "score": [0.5]}))
     assert new == [4] and np.unique(s.df["id"]).size == len(s.df)
+
+
+def test_undo_history_is_bounded_by_rows_not_only_steps(monkeypatch):
+    """A million detections: each edit keeps a whole table for undo; the history keeps as many as fit."""
+    from napari_mitosis.core import review
+
+    monkeypatch.setattr(review, "UNDO_ROWS", 1000)
+    s = review.ReviewState()
+    s.add_model(pd.DataFrame({"x": np.arange(300.0), "y": np.arange(300.0), "class": "mitotic_figure", "score": 0.5}))
+    for i in range(10):
+        s.confirm([i])
+    kept = sum(len(d) + len(r) for d, r in s._undo)
+    assert kept <= 1000 and len(s._undo) >= 3
+    assert s.undo() and s.df["status"].tolist().count("confirmed") == 9

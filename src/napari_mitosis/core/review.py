@@ -40,8 +40,11 @@ import pandas as pd
 
 from .detections import CLASSES, COLUMNS, check_detections
 
-#: How many edits can be undone.
+#: How many edits can be undone ...
 UNDO_DEPTH = 500
+#: ... as long as the tables kept for them hold fewer rows than this (each edit keeps a whole table:
+#: with a million detections, 500 of them would be tens of GB; this keeps about 20 steps then).
+UNDO_ROWS = 20_000_000
 REVIEW_COLUMNS = ["id"] + COLUMNS + ["model_class"]
 ORDERS = ("score", "uncertain")
 
@@ -96,6 +99,10 @@ class ReviewState:
     def _push(self):
         self._undo.append((self.df, self.rejected))
         del self._undo[:-UNDO_DEPTH]
+        rows = sum(len(d) + len(r) for d, r in self._undo)
+        while rows > UNDO_ROWS and len(self._undo) > 1:
+            d, r = self._undo.pop(0)
+            rows -= len(d) + len(r)
         self._redo.clear()
 
     def _changed(self):
