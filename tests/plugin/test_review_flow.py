@@ -309,6 +309,10 @@ def test_the_widget_fits_its_dock_and_speaks_the_pathologists_language(make_napa
             clipped.append((type(w).__name__, w.text() if hasattr(w, "text") else w.currentText(), w.sizeHint().width(),
                             w.width()))
     assert not clipped, clipped
+    table = widget.table  # the detection table's cells are not elided either
+    for c in range(table.model().columnCount()):
+        assert table.sizeHintForColumn(c) <= table.columnWidth(c) + 1, (c, table.sizeHintForColumn(c),
+                                                                        table.columnWidth(c))
     internal = re.compile(r"\b(mitotic_figure|granulocyte\b|model\b|[a-z]+_[a-z_]+)")
     shown = [t for _, t in _texts(widget) if internal.search(re.sub(r"<[^>]+>", "", t)) and "/" not in t]
     assert not shown, shown
@@ -416,10 +420,11 @@ def test_the_detection_table_lists_class_score_status_and_a_click_goes_to_the_ce
                                          "score": [0.7, 0.95, 0.8]}))
     model = widget.table.model()
     assert model.rowCount() == 3
-    rows = [[model.data(model.index(i, c)) for c in range(4)] for i in range(3)]
+    rows = [[model.headerData(i, Qt.Orientation.Vertical)] + [model.data(model.index(i, c)) for c in range(3)]
+            for i in range(3)]
     assert rows == [["1", "Granulocyte", "0.95", "not reviewed"], ["2", "Mitotic figure", "0.80", "not reviewed"],
                     ["3", "Mitotic figure", "0.70", "not reviewed"]]  # the queue's order: by score
-    assert [model.headerData(c, Qt.Orientation.Horizontal) for c in range(4)] == ["#", "Class", "Score", "Status"]
+    assert [model.headerData(c, Qt.Orientation.Horizontal) for c in range(3)] == ["Class", "Score", "Status"]
     # click the third row: the view goes to that cell, and it is the current one
     rect = widget.table.visualRect(model.index(2, 1))
     qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
@@ -427,7 +432,7 @@ def test_the_detection_table_lists_class_score_status_and_a_click_goes_to_the_ce
     np.testing.assert_allclose(viewer.camera.center[-2:], np.array([400, 300]) * layer.scale[-2:], rtol=1e-3)
     assert "Cell 3 / 3" in widget.current_label.text()
     r.confirm()  # edits show in the table
-    assert model.data(model.index(2, 3)) == "confirmed"
+    assert model.data(model.index(2, 2)) == "confirmed"
     # the current cell is the selected row
     widget.next_button.click()
     assert [i.row() for i in widget.table.selectionModel().selectedRows()] == [0]

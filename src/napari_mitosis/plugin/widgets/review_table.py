@@ -11,9 +11,11 @@ import numpy as np
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
-from .review_panels import CLASS_LABELS, STATUS_LABELS
+from .review_panels import STATUS_LABELS
 
-HEADERS = ("#", "Class", "Score", "Status")
+HEADERS = ("Class", "Score", "Status")
+#: The class names of the table (short: the dock is narrow; the current-cell line says "Other (look-alike)").
+TABLE_CLASSES = {"mitotic_figure": "Mitotic figure", "granulocyte": "Granulocyte", "other": "Other"}
 
 
 class DetectionTableModel(QAbstractTableModel):
@@ -31,8 +33,10 @@ class DetectionTableModel(QAbstractTableModel):
             self._ids = np.zeros(0, np.int64)
             self._cls = self._score = self._status = np.zeros(0)
         else:
-            pos = np.argsort(df["id"].to_numpy())
-            rows = pos[np.searchsorted(df["id"].to_numpy()[pos], order_ids)]
+            ids = df["id"].to_numpy(np.int64)
+            where = np.zeros(int(ids.max()) + 1, np.int64)  # id -> row: ids are small non-negative integers
+            where[ids] = np.arange(len(ids))
+            rows = where[np.asarray(order_ids, np.int64)]
             self._ids = np.asarray(order_ids, np.int64)
             self._cls = df["class"].astype(object).to_numpy()[rows]
             self._score = df["score"].to_numpy(float)[rows]
@@ -50,17 +54,15 @@ class DetectionTableModel(QAbstractTableModel):
             return None
         r, c = index.row(), index.column()
         if c == 0:
-            return f"{r + 1:,}"
+            return TABLE_CLASSES.get(self._cls[r], str(self._cls[r]))
         if c == 1:
-            return CLASS_LABELS.get(self._cls[r], str(self._cls[r]))
-        if c == 2:
             s = self._score[r]
             return "-" if not np.isfinite(s) else f"{s:.2f}"
         return STATUS_LABELS.get(self._status[r], str(self._status[r]))
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return HEADERS[section]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return HEADERS[section] if orientation == Qt.Orientation.Horizontal else f"{section + 1:,}"
         return None
 
     def id_at(self, row: int) -> int | None:
@@ -82,11 +84,11 @@ class DetectionTable(QTableView):
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.verticalHeader().setVisible(False)
-        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)  # the row number: the queue place
+        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         head = self.horizontalHeader()
-        for col, mode in enumerate((QHeaderView.ResizeMode.ResizeToContents, QHeaderView.ResizeMode.Stretch,
-                                    QHeaderView.ResizeMode.ResizeToContents, QHeaderView.ResizeMode.Stretch)):
+        for col, mode in enumerate((QHeaderView.ResizeMode.Stretch, QHeaderView.ResizeMode.ResizeToContents,
+                                    QHeaderView.ResizeMode.Stretch)):
             head.setSectionResizeMode(col, mode)
         head.setMinimumSectionSize(20)
         self.setMinimumHeight(8 * (self.fontMetrics().height() + 4))
