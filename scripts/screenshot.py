@@ -85,6 +85,11 @@ def main():
         row = review.state.df.set_index("id").loc[first]
         viewer.camera.center = (row["y"] * mpp, row["x"] * mpp)
     viewer.camera.zoom = 1.2 / mpp  # about 1 screen px per 0.8 um
+    settle(50)
+    from qtpy.QtWidgets import QScrollArea
+
+    scroll = widget.findChild(QScrollArea)  # the dock shows the review: current cell, table, counts
+    scroll.verticalScrollBar().setValue(widget.queue_panel.y() - 6)
     settle(100)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(OUT), canvas_only=False)

@@ -15,7 +15,7 @@ from .review_panels import STATUS_LABELS
 
 HEADERS = ("Class", "Score", "Status")
 #: The class names of the table (short: the dock is narrow; the current-cell line says "Other (look-alike)").
-TABLE_CLASSES = {"mitotic_figure": "Mitotic figure", "granulocyte": "Granulocyte", "other": "Other"}
+TABLE_CLASSES = {"mitotic_figure": "Mitosis", "granulocyte": "Granulocyte", "other": "Other"}
 
 
 class DetectionTableModel(QAbstractTableModel):
@@ -53,6 +53,10 @@ class DetectionTableModel(QAbstractTableModel):
         if not index.isValid() or role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
             return None
         r, c = index.row(), index.column()
+        if role == Qt.ItemDataRole.ToolTipRole:
+            from .review_panels import CLASS_LABELS
+
+            return f"{CLASS_LABELS.get(self._cls[r], self._cls[r])}; click to go to it"
         if c == 0:
             return TABLE_CLASSES.get(self._cls[r], str(self._cls[r]))
         if c == 1:
@@ -84,8 +88,11 @@ class DetectionTable(QTableView):
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)  # the row number: the queue place
-        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        font = self.font()  # a measurement table's small print: three columns fit the dock's width
+        font.setPointSizeF(font.pointSizeF() * 0.9)
+        self.setFont(font)
+        self.verticalHeader().setVisible(False)  # the place in the queue is in the "Current" line
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)
         head = self.horizontalHeader()
         for col, mode in enumerate((QHeaderView.ResizeMode.Stretch, QHeaderView.ResizeMode.ResizeToContents,
                                     QHeaderView.ResizeMode.Stretch)):
