@@ -442,7 +442,8 @@ def card(name, spec, op) -> str:
               f"Held out, never trained on (validation domains): {', '.join(spec.training['split']['held_out_domains'])}; "
               f"groups {', '.join(spec.training['split']['held_out_groups'])}; {spec.training['split']['held_out_fields']}. "
               "Thresholds are chosen on these only.", "",
-              "Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale +-25 %, rotation, flips, blur, JPEG.", "",
+              "Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale 0.75-1.35 (MITOS frames 0.8-1.6: their "
+              "recorded and corrected pixel sizes), any rotation, flips, blur, JPEG 40-95.", "",
               "## Validation (held-out domains; 7.5 um one-to-one matching)", "",
               "Pasted: held-out crops feathered into held-out MoNuSeg fields, 25 per 1000 px field (validation only).", "",
               "| domain | operating point | threshold | precision | recall | F1 |", "|---|---|---|---|---|---|"]
