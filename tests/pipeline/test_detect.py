@@ -363,3 +363,23 @@ def test_the_shipped_detector_on_held_out_mitos_frames(one_torch_thread):
 def test_an_unknown_operating_point_says_which_exist():
     with pytest.raises(DetectError, match="balanced, screening"):
         make_params(operating_point="sensitive")
+
+
+def test_cell_dense_runs_as_a_checked_graph_on_tiles_of_any_size():
+    """The traced cell-dense equals the network on tiles of other sizes than it was traced at
+    (edge tiles are smaller): the maps of both agree."""
+    import torch
+
+    from napari_mitosis.models.inference import GraphNet
+    from napari_mitosis.models.registry import load_model
+    from napari_mitosis.pipeline.detect import load_dense
+
+    graph, spec = load_dense("cell-dense", "cpu")
+    assert isinstance(graph, GraphNet)
+    eager, _ = load_model("cell-dense", device="cpu")
+    for size in ((96, 200), (264, 136)):
+        x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            a, b = eager(x), graph(x.contiguous(memory_format=torch.channels_last))
+        assert a.shape == b.shape == (1, 2, size[0] // 4, size[1] // 4)
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
