@@ -157,11 +157,13 @@ _MODEL_LOCK = threading.Lock()
 
 
 def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | None = None,
-                    channels_last: bool = True):
+                    channels_last: bool = True, also_size: tuple | None = None):
     """(net, spec), loaded once per process. ``channels_last``: on a CPU, also convert the weights
     to channels-last (faster for cell-gstn; the small first pass is faster with its weights as
-    they are and channels-last inputs: 0.05 against 0.07 ms per blob)."""
-    from ..models.inference import fast_cpu, inference_graph
+    they are and channels-last inputs: 0.05 against 0.07 ms per blob). On a CPU the network runs
+    as a traced inference graph checked against it; ``also_size`` (h, w): checked on an input of
+    that size too (a fully convolutional network meets inputs of many sizes)."""
+    from ..models.inference import GraphNet, fast_cpu, inference_graph
     from ..models.registry import WEIGHTS_DIR, ModelError, load_model, resolve_device
 
     key = (name, str(resolve_device(device)), folder, channels_last)
@@ -172,8 +174,20 @@ def load_classifier(name: str = "cell-gstn", device: str = "cpu", folder: str | 
             except ModelError as exc:
                 raise DetectError(str(exc)) from exc
             fast = fast_cpu(net, channels_last)
-            _MODEL_CACHE[key] = (inference_graph(fast, int(spec.patch_size)), spec)
+            graph = inference_graph(fast, int(spec.patch_size))
+            if also_size and isinstance(graph, GraphNet) and not _same_on(fast, graph, also_size):
+                graph = fast
+            _MODEL_CACHE[key] = (graph, spec)
     return _MODEL_CACHE[key]
+
+
+def _same_on(net, graph, size) -> bool:
+    import torch
+
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a, b = net(x), graph(x)
+    return a.shape == b.shape and bool(torch.allclose(a, b, atol=1e-3, rtol=1e-3))
 
 
 def load_models(params: DetectParams) -> tuple:
@@ -189,34 +203,9 @@ def load_models(params: DetectParams) -> tuple:
 
 
 def load_dense(name: str = "cell-dense", device: str = "cpu", folder: str | None = None):
-    """cell-dense ``(net, spec)``, loaded once per process; on a CPU channels-last and as a traced
-    inference graph when the graph also equals the network on a tile of another, non-square size
-    (tiles differ in size), else as it is."""
-    from ..models.inference import GraphNet, fast_cpu, inference_graph
-    from ..models.registry import WEIGHTS_DIR, ModelError, load_model, resolve_device
-
-    key = ("dense", name, str(resolve_device(device)), folder)
-    with _MODEL_LOCK:
-        if key not in _MODEL_CACHE:
-            try:
-                net, spec = load_model(name, device=device, folder=Path(folder) if folder else WEIGHTS_DIR)
-            except ModelError as exc:
-                raise DetectError(str(exc)) from exc
-            fast = fast_cpu(net, True)
-            graph = inference_graph(fast, int(spec.patch_size))
-            if isinstance(graph, GraphNet) and not _same_on(fast, graph, (72, 136)):
-                graph = fast
-            _MODEL_CACHE[key] = (graph, spec)
-    return _MODEL_CACHE[key]
-
-
-def _same_on(net, graph, size) -> bool:
-    import torch
-
-    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        a, b = net(x), graph(x)
-    return a.shape == b.shape and bool(torch.allclose(a, b, atol=1e-3, rtol=1e-3))
+    """cell-dense ``(net, spec)``, loaded once per process, its traced graph also checked on a
+    non-square tile (tiles differ in size)."""
+    return load_classifier(name, device, folder, channels_last=True, also_size=(72, 136))
 
 
 # ------------------------------------------------------------------------ one tile
