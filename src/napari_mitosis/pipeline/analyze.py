@@ -219,7 +219,8 @@ class DistributedRunner:
             futures[fut.key] = (fut, job)
             return fut
 
-        pending = {submit(j) for j, _ in zip(it, range(self.in_flight))}
+        # range first: zip stops on it without taking one more job out of `it` (that job was lost)
+        pending = {submit(j) for _, j in zip(range(self.in_flight), it)}
         try:
             while pending:
                 done = self._wait(pending)
