@@ -2,6 +2,7 @@
 every slide has its own state and it all comes back on reopening."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -303,3 +304,34 @@ def test_restoring_the_backup_keeps_the_analysed_regions_and_cleans_up(make_napa
     widget2 = ReviewWidget(viewer2)
     _open(viewer2, slide_path)
     assert widget2.review.regions == [(0, 0, 500, 400), [[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]]]
+
+
+def test_two_viewers_on_one_slide_warn_instead_of_overwriting_silently(make_napari_viewer, tmp_path):
+    from napari_mitosis.io.reviewlock import lock_path, read_lock
+
+    slide_path = _link(shared_file(*CMU), tmp_path / "slides")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    _open(viewer, slide_path)
+    review_file = widget.review.path
+    assert read_lock(lock_path(review_file))["token"] == widget.review.lock.token
+    assert "another viewer" not in widget.status.text()
+
+    viewer2 = make_napari_viewer()
+    widget2 = ReviewWidget(viewer2)
+    _open(viewer2, slide_path)
+    assert widget2.review.path == review_file
+    text = widget2.status.text()
+    assert "open in another viewer" in text and f"pid {os.getpid()}" in text and "close it there first" in text
+    assert "another viewer" in widget2.file_label.text()
+    widget2.review.try_save()  # it keeps working, still marked; the first viewer's lock stays
+    assert widget2.review.lock_holder is not None
+    assert read_lock(lock_path(review_file))["token"] == widget.review.lock.token
+
+    viewer.layers.clear()  # the first viewer closes the slide: its lock goes, the second takes it on its next save
+    assert not lock_path(review_file).exists()
+    widget2.review.try_save()
+    assert widget2.review.lock_holder is None
+    assert read_lock(lock_path(review_file))["token"] == widget2.review.lock.token
+    viewer2.layers.clear()
+    assert not lock_path(review_file).exists()

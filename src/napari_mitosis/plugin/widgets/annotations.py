@@ -30,7 +30,7 @@ import pandas as pd
 
 from ...core.detections import CLASSES, class_color, hex_color
 from ...core.review import ReviewState
-from ...io import sidecar
+from ...io import reviewlock, sidecar
 
 #: Markers (QuPath-style): a thin ring in the class colour around the cell, wide enough not to cover a
 #: mitotic figure (about 5-15 um) at review zoom; never smaller than MARKER_MIN_PX on the screen, so that
@@ -112,6 +112,8 @@ class DetectionReview:
         self.path = self._choose_path(folder)
         self.state = ReviewState()
         self._restore()
+        self.lock = reviewlock.ReviewLock(self.path)
+        self.lock_holder: dict | None = self.lock.acquire()  # another viewer editing this review (None: none)
 
     # ------------------------------------------------------------ the file
     def _choose_path(self, folder):
@@ -205,6 +207,7 @@ class DetectionReview:
             if note:
                 self.notes.append(note)
             self.path = Path(path)
+            self._refresh_lock()
         if self.on_save is not None:
             self.on_save(self)
 
@@ -234,7 +237,22 @@ class DetectionReview:
         if note:
             self.notes.append(note)
         self.path = Path(path)
+        self._refresh_lock()
         return self.path
+
+    def _refresh_lock(self):
+        """After a save: refresh the lock's time (or take over a stale one); a new file gets a lock of its own."""
+        if self.lock.path != reviewlock.lock_path(self.path):
+            self.lock.release()
+            self.lock = reviewlock.ReviewLock(self.path)
+            self.lock_holder = self.lock.acquire()
+        else:
+            self.lock_holder = self.lock.refresh()
+
+    def close(self):
+        """The review is closed (its slide or the widget goes): save what is waiting, release the lock."""
+        self.flush()
+        self.lock.release()
 
     def try_save(self) -> bool:
         """Save now; on failure keep the reason in :attr:`save_error` (shown by the widget, which retries)

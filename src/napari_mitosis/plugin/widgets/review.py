@@ -119,6 +119,15 @@ def _unbind_keys(viewer, keys, key_layers):
     key_layers.clear()
 
 
+def lock_warning(holder: dict) -> str:
+    """The warning for a review whose lock another viewer holds (see :mod:`napari_mitosis.io.reviewlock`)."""
+    from ...io.reviewlock import describe
+
+    who, since = describe(holder)
+    return (f"this slide's review is open in another viewer ({who}) since {since}: edits here and there "
+            "would overwrite each other; close it there first")
+
+
 class ReviewWidget(QWidget):
     """Dock widget: run the analysis on a slide, review and count the detections, export."""
 
@@ -289,6 +298,8 @@ class ReviewWidget(QWidget):
         self.unbind_keys()
         if self.worker is not None:
             self._cancel()
+        for review in self._reviews.values():
+            review.close()  # saved, lock released (a later save takes it again)
         super().closeEvent(event)
 
     def _on_inserted(self, event):
@@ -306,7 +317,7 @@ class ReviewWidget(QWidget):
             self._cancel()  # its slide is gone (or napari is closing): stop the run
         review = self._reviews.pop(gone.unique_id, None)
         if review is not None:
-            review.flush()  # what is waiting for the writer goes to the file before the review is dropped
+            review.close()  # what is waiting for the writer goes to the file, the lock is released
         if review is not None and review is self.review:
             self.review = None
         self._refresh()
@@ -375,8 +386,9 @@ class ReviewWidget(QWidget):
                 show.show_tissue(self.viewer, layer, review.tissue)
             if len(review.state.df) or review.notes:
                 review.ensure_layer()
-            if review.notes:
-                self.status.setText("; ".join(review.notes))
+            if review.notes or review.lock_holder:
+                self.status.setText("; ".join(([lock_warning(review.lock_holder)] if review.lock_holder else [])
+                                              + review.notes))
         self.review = self._reviews[key]
         self.review.on_focus = self._show_current
         self.review.order = self.queue_panel.order_key()
@@ -677,10 +689,15 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ files
     def _show_save_state(self, review):
-        """The autosave path, or in red why it failed (and a retry in a few seconds)."""
+        """The autosave path, or in red why it failed (and a retry in a few seconds); in orange when
+        another viewer has the same review open (both autosave over the other)."""
         if review.save_error is None:
-            self.file_label.setStyleSheet("")
-            self.file_label.setText(breakable(str(review.path)))
+            if review.lock_holder:
+                self.file_label.setStyleSheet("color: #e09030")
+                self.file_label.setText(f"{breakable(str(review.path))} ({lock_warning(review.lock_holder)})")
+            else:
+                self.file_label.setStyleSheet("")
+                self.file_label.setText(breakable(str(review.path)))
             return
         self.file_label.setStyleSheet("color: #e05050")
         self.file_label.setText(f"NOT SAVED ({review.save_error}); retrying every {SAVE_RETRY_S} s. Edits are in "
