@@ -282,10 +282,11 @@ def main(argv=None):
 
 
 def placeholder_op():
-    m = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
-    one = lambda: dict(candidate=0.02, candidate_table={"0.02": {}}, balanced=0.5, screening=0.5,  # noqa: E731
-                       balanced_metrics={}, screening_metrics={})
-    del m
+    """Operating points to write checkpoints as model files before any are chosen (LOOSE overrides them)."""
+    def one():
+        return dict(candidate=0.02, candidate_table={"0.02": {}}, balanced=0.5, screening=0.5,
+                    balanced_metrics={}, screening_metrics={})
+
     return dict(mitotic_figure=one(), granulocyte=one(), lookalike=dict(n=0, balanced=0.0, screening=0.0))
 
 

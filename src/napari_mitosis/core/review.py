@@ -131,6 +131,18 @@ class ReviewState:
         return bool(self._undo)
 
     # -------------------------------------------------------------- edits
+    def _append_model(self, df: pd.DataFrame, det: pd.DataFrame) -> list:
+        """``df`` with ``det`` appended as new unreviewed model detections (fresh ids) becomes the
+        table; returns the new ids."""
+        ids = self._next_ids(len(det))
+        det = det.copy()
+        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
+        det["status"] = "model"
+        det["model_class"] = det["class"]
+        self.df = pd.concat([df, det], ignore_index=True) if len(df) else det.reset_index(drop=True)
+        self._changed()
+        return ids
+
     def _next_ids(self, n: int) -> list[int]:
         used = [self.df["id"].max() if len(self.df) else -1, self.rejected["id"].max() if len(self.rejected) else -1]
         start = int(max(used)) + 1
@@ -154,13 +166,7 @@ class ReviewState:
             x, y, w, h = replace_region
             inside = (df.x >= x) & (df.x < x + w) & (df.y >= y) & (df.y < y + h) & (df.status == "model")
             df = df[~inside.to_numpy()]
-        ids = self._next_ids(len(det))
-        det = det.copy()
-        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
-        det["status"] = "model"
-        det["model_class"] = det["class"]
-        self.df = pd.concat([df, det], ignore_index=True) if len(df) else det.reset_index(drop=True)
-        self._changed()
+        ids = self._append_model(df, det)
         return ids
 
     def drop_unreviewed(self, region) -> int:
@@ -216,13 +222,7 @@ class ReviewState:
             return []
         self._push()
         df = df[~replaced]
-        ids = self._next_ids(len(det))
-        det = det.copy()
-        det.insert(0, "id", np.asarray(ids, dtype=np.int64))
-        det["status"] = "model"
-        det["model_class"] = det["class"]
-        self.df = pd.concat([df, det], ignore_index=True) if len(df) else det.reset_index(drop=True)
-        self._changed()
+        ids = self._append_model(df, det)
         run_ids.update(ids)
         return ids
 

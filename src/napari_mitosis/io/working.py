@@ -45,3 +45,14 @@ def read_working(slide, x0: float, y0: float, ds: float, width: int, height: int
         res = ndi.affine_transform(ch, mat, off, (height, width), order=1, mode="nearest")
         out[..., c] = np.clip(np.rint(res), 0, 255)
     return out
+
+
+def read_tissue_tile(slide, tissue, x: float, y: float, ds: float, w: int, h: int):
+    """:func:`read_working` of a tile, or None when the tile holds no tissue (by the ``tissue``
+    mask, when there is one, before any pixel is read) or its pixels are background."""
+    from ..core.screening import is_background
+
+    if tissue is not None and tissue.fraction_in(x, y, w * ds, h * ds) == 0:
+        return None
+    rgb = read_working(slide, x, y, ds, w, h)
+    return None if is_background(rgb) else rgb

@@ -188,8 +188,7 @@ def heatmap_task(
     import torch
 
     from ..models.mil import min_input, to_tensor
-    from ..core.screening import is_background
-    from ..io.working import read_working
+    from ..io.working import read_tissue_tile
 
     stride = net.stride
     work_mpp = float(spec.mpp)
@@ -221,10 +220,8 @@ def heatmap_task(
     for cy0, cx0, cy1, cx1, iy0, ix0, ih, iw in halo_tiles(H, W, tile, halo, stride):
         yield Progress(done, total, f"heatmap: tile {done + 1} of {ny * nx}")
         done += 1
-        if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
-            continue
-        rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
-        if is_background(rgb):
+        rgb = read_tissue_tile(slide, tissue, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
+        if rgb is None:
             continue
         if norm is not None:
             rgb = _normalise_tile(norm, rgb, stats)

@@ -47,7 +47,7 @@ from ..core.nuclei import (
 from ..core.screening import is_background
 from ..core.tiling import halo_tiles
 from ..errors import NapariMitosisError
-from ..io.working import read_working
+from ..io.working import read_tissue_tile, read_working
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
@@ -182,10 +182,8 @@ def segment_task(
     for cy0, cx0, cy1, cx1, iy0, ix0, ih, iw in halo_tiles(H, W, tile, halo):
         yield Progress(done, total, f"nuclei: tile {done + 1} of {ny * nx}")
         done += 1
-        if tissue is not None and tissue.fraction_in(x + ix0 * ds, y + iy0 * ds, iw * ds, ih * ds) == 0:
-            continue
-        rgb = read_working(slide, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
-        if is_background(rgb):
+        rgb = read_tissue_tile(slide, tissue, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
+        if rgb is None:
             continue
         if method == "unet":
             from ..models.unet import predict_probabilities
