@@ -383,3 +383,33 @@ def test_cell_dense_runs_as_a_checked_graph_on_tiles_of_any_size():
             a, b = eager(x), graph(x.contiguous(memory_format=torch.channels_last))
         assert a.shape == b.shape == (1, 2, size[0] // 4, size[1] // 4)
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.2455, 0.5])
+def test_classifier_crops_are_centred_on_their_points_at_the_networks_pixel_size(mpp):
+    """The crops the second stage sees (one resampling of the region, then slices) hold the cell
+    at their centre at 0.375 um/px whatever the slide's pixel size; at the slide's edge too."""
+    import dask.array as da
+
+    from napari_mitosis.io.slide import Slide
+    from napari_mitosis.pipeline.detect import _crops
+
+    rng = np.random.default_rng(0)
+    img = np.full((700, 900, 3), 230, np.uint8)
+    pts = np.array([[450.3, 300.7], [120.0, 610.2], [3.0, 4.0], [880.6, 20.4]])
+    yy, xx = np.mgrid[0:700, 0:900]
+    for x, y in pts:  # a dark disc of 4 um radius at each point
+        img[np.hypot(xx - x, yy - y) * mpp <= 4.0] = (40, 30, 90)
+    img = np.clip(img.astype(int) + rng.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
+    slide = Slide(path="t.png", levels=[da.from_array(img, chunks=(256, 256, 3))], mpp=mpp, format="image")
+    inputs, origin, per_px = _crops(slide, pts, mpp, 64, 0.375)
+    assert inputs.shape == (4, 64, 64, 3) and inputs.dtype == np.float32
+    assert per_px * mpp == pytest.approx(0.375, rel=0.02)
+    for crop in inputs[:2]:  # (the other two are cut by the slide's edge)
+        dark = crop.mean(-1) < 0.5
+        cy, cx = np.argwhere(dark).mean(0)
+        assert abs(cx - 31.5) <= 1.0 and abs(cy - 31.5) <= 1.0  # within 0.4 um of the centre
+        assert dark.sum() * 0.375**2 == pytest.approx(np.pi * 16, rel=0.2)  # the disc at the right scale
+    # the origins map crop pixels back to level 0: the centre pixel lands on the point
+    centre = origin + (31.5 + 0.5) * per_px - 0.5
+    assert np.abs(centre - pts).max() <= 0.5 * per_px + 0.5

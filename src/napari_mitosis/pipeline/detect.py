@@ -236,6 +236,8 @@ def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):
         lo = np.round(origin / ds).astype(np.int64)  # crop corners in level px, as read_region rounds them
         big, (lx0, ly0) = _read_cells(slide, level, ds, lo, side)
         rel = lo - (lx0, ly0)
+        if side != size:  # the region resampled once to the network's pixel size, then sliced
+            return _crops_of_resampled(big, (lx0, ly0), ds, xy, field_l0, side, size)
         for i in range(0, n, 64):
             crops = np.stack([big[cy : cy + side, cx : cx + side] for cx, cy in rel[i : i + 64]])
             inputs[i : i + 64] = _to_inputs(crops, size)
@@ -243,6 +245,32 @@ def _crops(slide, xy: np.ndarray, slide_mpp: float, size: int, net_mpp: float):
         for i, (ox, oy) in enumerate(origin):
             inputs[i] = _to_input(slide.read_region(level, int(ox), int(oy), side, side), size)
     return inputs, origin, side * ds / size
+
+
+def _crops_of_resampled(big: np.ndarray, corner, ds: float, xy: np.ndarray, field_l0: float, side: int, size: int):
+    """Crops of ``size`` px around level-0 points ``xy`` from ``big`` (a level's pixels from level
+    px ``corner``) resampled once by ``size / side`` (area averaging when shrinking, as the
+    training data were made; linear when enlarging): one resize of the region instead of one per
+    crop (~10x less time with ~300 crops a tile). Each crop starts at the resampled pixel nearest
+    its exact corner (within half a network pixel). Returns inputs, origins (level-0 px, float),
+    level-0 px per input px."""
+    import cv2
+
+    f = size / side
+    H, W = big.shape[:2]
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(big, (max(1, round(W * f)), max(1, round(H * f))), interpolation=interp)
+    fx, fy = small.shape[1] / W, small.shape[0] / H  # the realised factors
+    corner_lv = (xy + 0.5) / ds - 0.5 - np.asarray(corner, float) - (field_l0 / ds) / 2 + 0.5  # exact, level px
+    ks = np.column_stack([np.round(corner_lv[:, 0] * fx), np.round(corner_lv[:, 1] * fy)]).astype(np.int64)
+    pad = size  # crops that reach past the region (slide edges): mirrored, as a resize would
+    small = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REFLECT101)
+    ks = np.clip(ks + pad, 0, np.array(small.shape[1::-1]) - size)
+    inputs = np.stack([small[y : y + size, x : x + size] for x, y in ks]).astype(np.float32)
+    inputs /= np.float32(255.0)
+    per_px = ds / fx  # level-0 px per input px
+    origin = (np.asarray(corner, float) + (ks - pad) / np.array([fx, fy])) * ds
+    return inputs, origin, per_px
 
 
 def _to_inputs(crops: np.ndarray, size: int) -> np.ndarray:

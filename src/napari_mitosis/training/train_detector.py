@@ -3,6 +3,7 @@
     napari-mitosis train detector --stage data                 # cache the images (a minute)
     napari-mitosis train detector --stage dense --minutes 120  # the dense first stage
     napari-mitosis train detector --stage mine                 # its false candidates: hard negatives
+    napari-mitosis train detector --stage mine-detections      # the detector's false detections: more
     napari-mitosis train detector --stage classifier --minutes 240
     python benchmarks/eval_detector.py                          # held-out validation, operating points
     napari-mitosis train detector --stage ship                  # write both models into the package
@@ -196,26 +197,30 @@ def cls_points(imgs, meta, cache=CACHE / "cls_points.npz"):
 class ClsSampler:
     SIZE = 64
 
-    def __init__(self, imgs, rows, meta, rng, train=True, mined=None):
+    def __init__(self, imgs, rows, meta, rng, train=True, mined=None, mined_cls=None):
         hold = holdout_mask(meta)
         keep = ~hold[rows[:, 0].astype(int)] if train else hold[rows[:, 0].astype(int)]
         self.imgs, self.rng = imgs, rng
         self.mitos_image = meta.domain.to_numpy() == "mitos14"
         self.rows = rows[keep]
-        if mined is not None and len(mined):
-            mk = ~hold[mined[:, 0].astype(int)] if train else hold[mined[:, 0].astype(int)]
-            self.mined = mined[mk]
-        else:
-            self.mined = np.zeros((0, 5))
+
+        def split(m):
+            if m is None or not len(m):
+                return np.zeros((0, 5))
+            return m[~hold[m[:, 0].astype(int)]] if train else m[hold[m[:, 0].astype(int)]]
+
+        self.mined, self.mined_cls = split(mined), split(mined_cls)
         lab, kind = self.rows[:, 3], self.rows[:, 4]
         frame = self.mitos_image[self.rows[:, 0].astype(int)]
         # mitoses of the full frames get a pool of their own: crops give most positives and frames
         # most negatives, so without it "this lab's stain" would pass for "not a mitosis"
         self.pools = {"mit": self.rows[(lab == 0) & ~frame], "mit_frame": self.rows[(lab == 0) & frame],
                       "gran": self.rows[lab == 1], "look": self.rows[kind == 1],
-                      "auto": self.rows[kind == 2], "mined": self.mined}
+                      "auto": self.rows[kind == 2], "mined": self.mined, "mined_cls": self.mined_cls}
         self.p = {"mit": 0.25, "mit_frame": 0.12, "gran": 0.15, "look": 0.08,
                   "auto": 0.22 if len(self.mined) else 0.42, "mined": 0.2 if len(self.mined) else 0.0}
+        if len(self.mined_cls):  # the second round: the detector's own false detections
+            self.p.update({"mit": 0.22, "mit_frame": 0.15, "gran": 0.13, "auto": 0.14, "mined": 0.13, "mined_cls": 0.15})
 
     def one(self):
         rng = self.rng
@@ -290,7 +295,10 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
         rows = cls_points(imgs, meta, Path(cache) / "cls_points.npz")
         mined_file = ckpt_dir / "mined.npz"
         mined = np.load(mined_file)["rows"] if mined_file.exists() else None
-        sampler = ClsSampler(imgs, rows, meta, rng, mined=mined)
+        mined_cls_file = ckpt_dir / "mined_cls.npz"
+        mined_cls = np.load(mined_cls_file)["rows"] if mined_cls_file.exists() else None
+        sampler = ClsSampler(imgs, rows, meta, rng, mined=mined, mined_cls=mined_cls)
+        log(f"classifier pools: { {k: len(v) for k, v in sampler.pools.items()} }")
         loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.05)  # noqa: E731
     net, missing = build_net(stage)
     log(f"{name}: not from ImageNet: {missing}")
@@ -362,6 +370,54 @@ def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     np.savez(ckpt_dir / "mined.npz", rows=rows[:, :5], value=rows[:, 5])
     log(f"mined {len(rows)} hard negatives")
+    return len(rows)
+
+
+def mine_detections(cache: Path = CACHE, threshold: float = 0.3, log=print) -> int:
+    """The shipped detector's false detections on the training frames (MITOS-ATYPIA-14 at both
+    its recorded and corrected pixel size, EoE tiles, nucleus-set images), through the pipeline a
+    user runs: every candidate whose score sqrt(p_dense * p_effnet) of a class is >= ``threshold``
+    and which is >= 7.5 um from every labelled object of that class (and from the "ignore"
+    points) becomes a negative (label 2, kind 4) in ``ckpt/mined_cls.npz``: the second round of
+    hard negatives, the look-alikes the classifier still calls mitoses. Returns their number."""
+    import dask.array as da
+
+    from ..io.slide import Slide
+    from ..pipeline.detect import detect_tile, make_params
+
+    torch.set_num_threads(1)
+    loose = {"detect_candidate_mitotic_figure": 0.05, "detect_candidate_granulocyte": 0.05}
+    params = make_params(device="cpu", thresholds=loose)
+    imgs, meta = load_cache(cache, "cls")
+    hold = holdout_mask(meta)
+    rows = []
+    cols = ["x", "y", "dense_mitotic_figure", "dense_granulocyte", "p_mitotic_figure", "p_granulocyte"]
+    for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
+        if hold[i] or r.kind != "frame":
+            continue
+        # MITOS frames as a user runs them (recorded 0.2455 um/px: cells 1.5x larger) and corrected
+        mpps = (CLS_MPP, CLS_MPP / 1.5) if r.domain == "mitos14" else (CLS_MPP,)
+        for mpp in mpps:
+            slide = Slide(path=f"train{i}.png", levels=[da.from_array(img, chunks=(2048, 2048, 3))], mpp=mpp, format="image")
+            det = detect_tile(slide, 0, 0, img.shape[1], img.shape[0], params, mpp, keep_all=True)["detections"]
+            if not len(det):
+                continue
+            v = det[cols].to_numpy(float)
+            for c, key in enumerate(("mit", "gran")):
+                s = np.sqrt(v[:, 2 + c] * v[:, 4 + c])
+                objs = np.vstack([np.asarray(o, float).reshape(-1, 2) for o in (getattr(r, key), r.ignore)])
+                ok = s >= threshold
+                if len(objs):
+                    d = np.hypot(v[:, None, 0] - objs[None, :, 0], v[:, None, 1] - objs[None, :, 1]).min(1)
+                    ok &= d * CLS_MPP >= 7.5  # cached image px at CLS_MPP
+                rows += [(i, x, y, 2, 4, sc) for x, y, sc in zip(v[ok, 0], v[ok, 1], s[ok], strict=True)]
+        if i % 20 == 0:
+            log(f"image {i}: {len(rows)} false detections so far")
+    rows = np.asarray(rows, float).reshape(-1, 6)
+    ckpt_dir = Path(cache) / "ckpt"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(ckpt_dir / "mined_cls.npz", rows=rows[:, :5], value=rows[:, 5])
+    log(f"mined {len(rows)} false detections (score >= {threshold})")
     return len(rows)
 
 
@@ -476,14 +532,16 @@ def main(argv=None) -> int:
 
 
 def configure(ap) -> None:
-    ap.add_argument("--stage", required=True, choices=["data", "dense", "mine", "classifier", "ship"],
-                    help="data: cache the images; dense / classifier: train (resuming); mine: hard negatives; "
+    ap.add_argument("--stage", required=True, choices=["data", "dense", "mine", "mine-detections", "classifier", "ship"],
+                    help="data: cache the images; dense / classifier: train (resuming); mine: cell-dense's false "
+                         "candidates; mine-detections: the shipped detector's false detections (hard negatives); "
                          "ship: write the models with the operating points of benchmarks/eval_detector.py")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder (default ../shared/data)")
     ap.add_argument("--cache", default=str(CACHE), help="cache and checkpoint folder (git-ignored)")
     ap.add_argument("--minutes", type=float, default=60.0, help="training time of this run (default 60)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; lower to fine-tune)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -500,9 +558,11 @@ def run_stage(args) -> int:
     if args.stage == "data":
         build_cache(Path(args.data), cache, log=log)
     elif args.stage in NAMES:
-        train(args.stage, args.minutes, cache, args.threads, args.batch, seed=args.seed, log=log)
+        train(args.stage, args.minutes, cache, args.threads, args.batch, lr=args.lr, seed=args.seed, log=log)
     elif args.stage == "mine":
         mine(cache, log=log)
+    elif args.stage == "mine-detections":
+        mine_detections(cache, log=log)
     else:
         write_models(cache)
         log("wrote cell-dense and cell-effnet into the package")
