@@ -13,7 +13,8 @@ What is drawn, in physical units (um), at any pixel size:
 - tumour nests: pale cytoplasm, large nuclei of varied size, shape and
   chromatin texture, with nucleoli;
 - mitotic figures: condensed, very dark chromatin with ragged edges as a
-  metaphase plate, a prometaphase clump or two anaphase plates, ragged, in a clear halo;
+  metaphase plate, a prometaphase clump or two anaphase plates, in a rounded cell of dusky
+  cytoplasm with a visible outline (no nuclear membrane);
 - eosinophilic granulocytes: a bilobed nucleus in bright, granular
   eosinophilic cytoplasm.
 
@@ -295,7 +296,7 @@ class SyntheticHE:
         eos_stroma = 0.3 + 0.55 * fibres + 0.1 * grain
         eos_tumour = 0.32 + 0.12 * grain + 0.08 * wav
         E = tissue * (eos_stroma * (1 - tumour) + eos_tumour * tumour)
-        H = tissue * (0.05 + 0.04 * grain)
+        H = tissue * (0.05 + 0.04 * grain + 0.08 * tumour * wav)  # tumour cytoplasm: a little basophilic
         labels = np.zeros(E.shape, np.int32)
 
         rng = self._site_range(yu[0], yu[-1], xu[0], xu[-1])
@@ -309,8 +310,9 @@ class SyntheticHE:
             _paint_nucleus(E, H, labels, yu, xu, sites, k, chromatin, angle)
 
         strength = self.stain_strength
-        H = ndi.gaussian_filter(H, 0.6) * strength
-        E = ndi.gaussian_filter(E, 0.6) * strength
+        blur = max(0.6, 0.3 / m)  # the scanner's optics: about 0.3 um
+        H = ndi.gaussian_filter(H, blur) * strength
+        E = ndi.gaussian_filter(E, blur) * strength
         od = H[..., None] * unit(self.hematoxylin).astype(np.float32) + E[..., None] * unit(
             self.eosin
         ).astype(np.float32)
@@ -371,10 +373,14 @@ def _paint_cytoplasm(E, H, yu, xu, sites, k, granules):
     sl, dy, dx = win
     r = np.sqrt(dy**2 + dx**2)
     inside = np.clip(radius - r, 0, 1)  # 1 um soft edge
-    if kind == "mitotic_figure":  # a clear halo around the condensed chromatin (no nuclear membrane)
-        soft = np.clip((radius - r) / 2.0, 0, 1)  # fading over 2 um, not a drawn disc
-        E[sl] = E[sl] * (1 - 0.35 * soft)
-        H[sl] = H[sl] * (1 - 0.6 * soft)
+    if kind == "mitotic_figure":  # a rounded cell body of dusky, slightly basophilic cytoplasm
+        soft = np.clip((radius - r) / 1.5, 0, 1)  # (no nuclear membrane: the chromatin lies in it)
+        g = granules[sl]
+        ang = np.arctan2(dy, dx) + sites["u9"][k] * 2 * np.pi
+        r_edge = (radius - 0.6) * (1 + 0.05 * np.sin(2 * ang) + 0.03 * np.sin(5 * ang))  # a rounded, not round, cell
+        rim = np.exp(-(((r - r_edge) / 0.5) ** 2))  # its outline: what tells a dividing cell from a dark nucleus
+        E[sl] = E[sl] * (1 - soft) + (0.3 + 0.1 * g) * soft + 0.35 * rim
+        H[sl] = H[sl] * (1 - soft) + (0.2 + 0.08 * g) * soft + 0.12 * rim
     else:  # bright eosinophilic granular cytoplasm
         g = granules[sl]
         cyto = 1.0 + 0.9 * (g > 0.55) * (g - 0.55) * 4 + 0.25 * g
@@ -401,7 +407,7 @@ def _paint_nucleus(E, H, labels, yu, xu, sites, k, chromatin, angle_field):
         wobble = 1 + 0.07 * np.sin(3 * ang + phase) + 0.04 * np.sin(5 * ang + 2 * phase)
         rho = np.sqrt((along / a) ** 2 + (across / b) ** 2) / wobble
         mask = rho < 1
-        dens = 0.45 + 0.3 * tone + 0.35 * (tex - 0.5) + 0.35 * (rho > 0.82)
+        dens = 0.6 + 0.35 * tone + 0.5 * (tex - 0.5) + 0.35 * (rho > 0.82)
         ny, nx = 0.35 * a * (sites["u10"][k] - 0.5), 0.35 * b * (sites["u11"][k] - 0.5)
         nucleolus = (along - ny) ** 2 + (across - nx) ** 2 < (0.45 + 0.3 * size) ** 2
         dens = dens + 0.55 * nucleolus
@@ -442,11 +448,11 @@ def _paint_nucleus(E, H, labels, yu, xu, sites, k, chromatin, angle_field):
             gap = 1.9 + 1.4 * aspect
             dist = np.maximum(np.abs(np.abs(across) - gap) - 0.75 * width, (np.abs(along) - length * 0.9) * 1.5)
         mask = dist + rag < 0
-        dens = 1.9 + 0.35 * tone + 0.6 * (tex - 0.5)
+        dens = 2.7 + 0.4 * tone + 0.6 * (tex - 0.5)
     if not mask.any():
         return
     H[sl] = np.where(mask, dens, H[sl])
-    E[sl] = np.where(mask, E[sl] * 0.5, E[sl])
+    E[sl] = np.where(mask, E[sl] * 0.5 + (0.5 if kind == "mitotic_figure" else 0.0), E[sl])
     labels[sl][mask] = sites["id"][k]
 
 
