@@ -1,5 +1,6 @@
 """Issue 18.4: a file tile that cannot be decoded costs its own pixels only: the tissue mask is
-still made, the analysis tiles around it still run, and the tile is reported once."""
+still made, the analysis tiles around it still run, and the tile is reported once. A JPEG tile
+whose data are damaged but still decode (to garbage, with libjpeg's warnings) is such a tile too."""
 
 from __future__ import annotations
 
@@ -34,11 +35,15 @@ def _damage(path, index, how):
         page = tf.pages[0]
         off, n = int(page.dataoffsets[index]), int(page.databytecounts[index])
     with open(path, "r+b") as fh:
+        if how == "garbled":  # the second half of the data lost (a file written in part): it still decodes, to garbage
+            fh.seek(off + n // 2)
+            fh.write(b"\0" * (n - 2 - n // 2))  # (its end-of-image marker kept)
+            return
         fh.seek(off)
         fh.write(b"\0" * n if how == "zeros" else b"\xff\xd8\xff\xd9" + b"\x00" * (n - 4))
 
 
-@pytest.mark.parametrize("how", ["zeros", "no_image"])
+@pytest.mark.parametrize("how", ["zeros", "no_image", "garbled"])
 def test_a_bad_tile_costs_its_own_pixels_only(tmp_path, synth, params, how):
     img = synth.render(0, 0, 1000, 2200)[0]  # single level: the tissue mask reads a computed level
     good = _write(tmp_path / "good.tif", img)
@@ -85,3 +90,26 @@ def test_read_region_fills_a_bad_tile_white_only_when_asked(tmp_path, synth):
         assert (out[256:512, 256:512] == 255).all()
         assert np.array_equal(out[:256], slide.read_region(0, 0, 0, 768, 256))
         assert [(b["x"], b["y"], b["w"], b["h"]) for b in slide.bad_tiles][:1] == [(256, 256, 256, 256)]
+
+
+def test_a_garbled_jpeg_tile_is_flagged_where_it_would_be_analysed(tmp_path, synth):
+    """Damaged JPEG data that still decode: shown as decoded when viewing, but an analysis (a
+    slide that fills bad tiles) leaves the tile's pixels white and records why."""
+    img = synth.render(0, 0, 768, 768)[0]
+    good = _write(tmp_path / "good.tif", img)
+    path = _write(tmp_path / "s.tif", img)
+    _damage(path, 4, "garbled")  # the middle tile
+    with open_slide(good) as ref, open_slide(path) as slide:
+        clean = ref.read_region(0, 0, 0, 768, 768)
+        seen = slide.read_region(0, 0, 0, 768, 768)  # viewing: decoded as it is, garbage included
+        assert not np.array_equal(seen[256:512, 256:512], clean[256:512, 256:512])
+        assert np.array_equal(seen[:256], clean[:256])
+        slide.fill_bad_tiles = True
+        out = slide.read_region(0, 0, 0, 768, 768)
+        assert (out[256:512, 256:512] == 255).all()
+        assert np.array_equal(out[:256], clean[:256]) and np.array_equal(out[512:], clean[512:])
+        assert [(b["x"], b["y"], b["w"], b["h"]) for b in slide.bad_tiles] == [(256, 256, 256, 256)]
+        assert "damaged JPEG data" in slide.bad_tiles[0]["error"]
+    with open_slide(good) as ref:  # an undamaged slide has no bad tiles when checked
+        ref.fill_bad_tiles = True
+        assert np.array_equal(ref.read_region(0, 0, 0, 768, 768), clean) and ref.bad_tiles == []

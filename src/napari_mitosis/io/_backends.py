@@ -145,6 +145,29 @@ class _TileCache:
 TILE_CACHE = _TileCache(TILE_CACHE_BYTES)
 
 
+class DamagedTile(ValueError):
+    """A tile whose compressed data decodes only with the decoder's warnings (garbage pixels)."""
+
+
+#: TIFF compression code of JPEG tiles.
+_JPEG = 7
+
+
+def check_jpeg_tile(data: bytes, tables: bytes | None, th: int, tw: int) -> None:
+    """Raise :class:`DamagedTile` when libjpeg-turbo reports a warning on the tile's JPEG data
+    ("Corrupt JPEG data", "Premature end of JPEG file"): such a tile decodes, but to garbage.
+    The check decodes at 1/8 scale (the entropy decoding, where damage shows, without the
+    inverse DCT at full size): about half a full decode. Damage that decodes without a warning
+    (a flipped bit that still forms valid codes) cannot be told from the data."""
+    import simplejpeg
+
+    stream = bytes(tables[:-2]) + bytes(data[2:]) if tables else bytes(data)  # abbreviated: tables spliced in
+    try:
+        simplejpeg.decode_jpeg(stream, strict=True, min_height=max(th // 8, 1), min_width=max(tw // 8, 1))
+    except ValueError as exc:
+        raise DamagedTile(f"damaged JPEG data (libjpeg-turbo: {exc}); its pixels are not analysed") from None
+
+
 def _tile_reader(path, level, closers, fallback, cache=None, index=0):
     """``read(y0, y1, x0, x1)`` of a tiled, chunky 8-bit RGB TIFF level that decodes the tiles
     under the region with tifffile's own codec in the calling thread, each once per call, from a
@@ -172,15 +195,19 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
     ntx = -(-W // tw)
     state, lock = {}, threading.Lock()
 
-    def _tile(st, i, keep):
+    def _tile(st, i, keep, check=False):
+        check = check and st["jpeg"]
         keep = keep and cache is not None
-        seg = cache.get((index, i)) if keep else None
+        key = (index, i, "checked") if check else (index, i)  # a checked read never trusts an unchecked tile
+        seg = cache.get(key) if keep else None
         if seg is None:
-            seg, _, _ = st["decode"](os.pread(st["fd"], int(st["counts"][i]), int(st["offsets"][i])), i,
-                                     jpegtables=st["tables"])
+            data = os.pread(st["fd"], int(st["counts"][i]), int(st["offsets"][i]))
+            if check:
+                check_jpeg_tile(data, st["tables"], th, tw)
+            seg, _, _ = st["decode"](data, i, jpegtables=st["tables"])
             seg = np.asarray(seg).reshape(th, tw, -1)
             if keep:
-                cache.put((index, i), seg)
+                cache.put(key, seg)
         return seg
 
     def _init():
@@ -194,15 +221,17 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
                 fd = os.open(path, os.O_RDONLY)
                 closers.append(lambda: os.close(fd))
                 state.update(fallback=False, fd=fd, offsets=offsets, counts=counts, decode=page.decode,
-                             tables=page.jpegtables)
+                             tables=page.jpegtables, jpeg=int(page.compression) == _JPEG)
         return state
 
-    def read(y0, y1, x0, x1, on_bad=None):
+    def read(y0, y1, x0, x1, on_bad=None, check=False):
         """``on_bad(ty0, tx0, th, tw, exc)``: called for a tile that cannot be decoded, whose
-        pixels are then left white (without it, the error is raised)."""
+        pixels are then left white (without it, the error is raised). ``check`` (implied by
+        ``on_bad``): JPEG tiles that decode only with warnings are errors too (:class:`DamagedTile`)."""
         st = state or _init()
         if st["fallback"]:
             return fallback(y0, y1, x0, x1)
+        check = check or on_bad is not None
         counts = st["counts"]
         out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # empty tiles: 0, as the zarr store fills them
         for ty in range(y0 // th, (y1 - 1) // th + 1):
@@ -213,7 +242,7 @@ def _tile_reader(path, level, closers, fallback, cache=None, index=0):
                 ya, yb = max(y0, ty * th), min(y1, (ty + 1) * th)
                 xa, xb = max(x0, tx * tw), min(x1, (tx + 1) * tw)
                 try:
-                    seg = _tile(st, i, keep=(yb - ya) * (xb - xa) < th * tw)
+                    seg = _tile(st, i, keep=(yb - ya) * (xb - xa) < th * tw, check=check)
                 except Exception as exc:
                     if on_bad is None:
                         raise

@@ -153,8 +153,15 @@ class Slide:
             try:
                 # always computed here, in this process's threads: a dask.distributed Client made
                 # the default scheduler must never get a region (its tasks hold file handles)
-                block = direct(y0, y1, x0, x1) if direct is not None \
-                    else arr[y0:y1, x0:x1].compute(scheduler="threads")
+                if direct is None and self.fill_bad_tiles and self._checks_base_tiles():
+                    # a computed level from checked stored tiles: damaged JPEG tiles never go unnoticed
+                    block = self._read_filling(level, y0, y1, x0, x1)
+                elif direct is None:
+                    block = arr[y0:y1, x0:x1].compute(scheduler="threads")
+                elif self.fill_bad_tiles and getattr(direct, "fills_bad_tiles", False):
+                    block = direct(y0, y1, x0, x1, check=True)  # damaged JPEG tiles are bad tiles too
+                else:
+                    block = direct(y0, y1, x0, x1)
                 out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block
             except SlideError:
                 raise
@@ -167,6 +174,12 @@ class Slide:
                     f"{type(exc).__name__}: {exc}. The file may be truncated or corrupt."
                 ) from exc
         return out
+
+    def _checks_base_tiles(self) -> bool:
+        """Whether the last stored level is read by a tile reader that checks and fills tiles."""
+        base = self.file_levels - 1
+        direct = self._direct[base] if base < len(self._direct) else None
+        return bool(getattr(direct, "fills_bad_tiles", False))
 
     def _bad(self, level, y, x, h, w, exc) -> None:
         ds = self.level_downsamples[level]
