@@ -44,6 +44,8 @@ def test_holdout_mask_keeps_validation_domains_out_of_training():
     meta = pd.DataFrame({"domain": ["atnorm_br", "atnorm_md", "mitos14", "nuclei", "nuclei"],
                          "group": ["atnorm_br/1", "atnorm_md/1", "mitos14/A03_03", "monuseg_train/A", "gbm40/x"]})
     assert T.holdout_mask(meta).tolist() == [True, False, True, True, False]
+    # a final fit may train on a held-out group, never on a held-out domain or the validation fields
+    assert T.holdout_mask(meta, train_on=("mitos14/A03_03",)).tolist() == [True, False, False, True, False]
 
 
 def test_the_classifier_sampler_draws_balanced_labelled_patches():
