@@ -3,6 +3,7 @@
     napari-mitosis segment IMAGE [--mpp UM] [--roi x,y,w,h] --out labels.tif [--table nuclei.csv]
                            [--method unet|log] [--device auto|cpu|cuda] [--tissue-only]
     napari-mitosis train nuclei --data ../shared/data/nuclei --out DIR [--minutes 30] [--ship]
+    napari-mitosis train nuclei --arch hover --data ../shared/data/nuclei --out DIR [--minutes 60] [--ship]
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def cmd_segment(args) -> int:
         bar = progress_bar("segmenting nuclei")
         try:
             labels, table = run(
-                segment_task(slide, roi=roi, method=args.method, device=args.device, tile=args.tile, tissue=tissue),
+                segment_task(slide, roi=roi, method=args.method, device=args.device, tile=args.tile, tissue=tissue,
+                             **({"model": args.model} if args.model else {})),
                 bar,
             )
         finally:
@@ -96,6 +98,12 @@ def cmd_segment(args) -> int:
 def configure_train(p) -> None:
     p.add_argument("--data", required=True, help="the nuclei data folder (monuseg_train/, miccai15/, gbm40/)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, history, log, metrics")
+    p.add_argument("--arch", choices=["unet", "hover"], default="unet",
+                   help="unet: the from-scratch U-Net (nuclei-unet); hover: EfficientNet-Lite0 encoder + HoVer "
+                        "distance maps (nuclei-hover; resumes from OUT/checkpoint.pt, else warm-starts from the "
+                        "shipped nuclei-hover, else from ImageNet)")
+    p.add_argument("--export-only", action="store_true",
+                   help="hover: do not train; write nuclei-hover from OUT/checkpoint.pt (with --ship: into the package)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-time budget (default 30); resumes if --out has a checkpoint")
     p.add_argument("--patch", type=int, default=160, help="patch side at 0.5 um/px, a multiple of 16 (default 160)")
     p.add_argument("--batch", type=int, default=8)
@@ -119,6 +127,8 @@ def cmd_train(args) -> int:
     from ..training.train_nuclei import TrainConfig
     from ..training.train_nuclei import train as run_training
 
+    if args.arch == "hover":
+        return _train_hover(args)
     if args.patch % 16 or args.patch < 32:
         raise ValueError(f"--patch must be a multiple of 16 and at least 32, got {args.patch}")
     if args.minutes <= 0:
@@ -149,6 +159,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_hover(args) -> int:
+    from ..models.registry import WEIGHTS_DIR
+    from ..training.train_nuclei_net import HoverConfig, export, train_hover
+
+    if args.minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {args.minutes}")
+    cfg = HoverConfig(
+        data=args.data, out=args.out, minutes=args.minutes, patch=192 if args.patch == 160 else args.patch,
+        batch=args.batch, lr=args.lr, seed=args.seed, val_every=300 if args.val_every == 150 else args.val_every,
+        threads=args.threads, resume=not args.fresh, max_steps=args.max_steps,
+        weights_dir=str(WEIGHTS_DIR) if args.ship else args.out, ship=args.ship,
+        command="napari-mitosis " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+
+    def log(msg):
+        print(msg, flush=True)
+
+    if args.export_only:
+        export(cfg, log=log)
+    else:
+        train_hover(cfg, log=log)
+    return 0
+
+
 def register(sub) -> None:
     """Add ``segment`` and the ``nuclei`` trainer."""
     s = sub.add_parser("segment", help="segment nuclei: write an instance label image (and a table)")
@@ -159,6 +193,8 @@ def register(sub) -> None:
     s.add_argument("--roi", help="x,y,w,h in level-0 pixels (default: the whole image)")
     s.add_argument("--method", choices=["unet", "log"], default="unet", help="U-Net (default) or the LoG baseline")
     s.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda")
+    s.add_argument("--model", help="the network for --method unet: a registry name (default: the shipped "
+                   "default, see docs/nuclei.md; nuclei-unet and nuclei-hover are shipped)")
     s.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue (whole slides)")
     s.add_argument("--tile", type=int, default=768, help="tile side at 0.5 um/px (default 768; bounds memory)")
     s.set_defaults(func=cmd_segment)

@@ -47,6 +47,7 @@ ALLOWED_BUILDERS = frozenset({
     "napari_mitosis.models.mil:build_mil",
     "napari_mitosis.models.infogan:build_infogan",
     "napari_mitosis.models.unet:build_unet",
+    "napari_mitosis.models.nuclei_net:build_nuclei_net",
     "napari_mitosis.models.stain_net:StainTransferNet",
     "napari_mitosis.models.dense_net:build_cell_dense",
     "napari_mitosis.models.effnet:build_effnet_classifier",

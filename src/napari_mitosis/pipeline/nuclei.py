@@ -39,6 +39,7 @@ from ..core.nuclei import (
     NUCLEI_MPP,
     TABLE_COLUMNS,
     check_rgb,
+    hover_to_instances,
     log_nuclei,
     log_threshold,
     nuclei_table,
@@ -53,6 +54,11 @@ from .progress import Progress, Task, run
 
 #: Default model.
 MODEL = "nuclei-unet"
+#: Builder of the networks that predict HoVer distance maps (post-processed by
+#: :func:`~napari_mitosis.core.nuclei.hover_to_instances`); any other is a 3-class U-Net.
+HOVER_BUILDER = "napari_mitosis.models.nuclei_net:build_nuclei_net"
+HOVER_PARAMS = ("foreground", "marker", "energy", "min_marker_um2", "min_area_um2")
+UNET_PARAMS = ("foreground", "marker", "min_marker_um2", "min_area_um2")
 #: Level-0 pixel sizes (um/px) the segmentation accepts; outside, nuclei are too
 #: small (coarser) to segment or the value is certainly not a slide's.
 #: Largest in-memory label image (pixels at the working size): 4 GB of int32.
@@ -105,7 +111,8 @@ def segment_task(
     roi : (x, y, w, h), optional
         Region in level-0 pixels (clipped to the slide); default the whole slide.
     method : {"unet", "log"}
-        The shipped U-Net (``model``) or the LoG baseline.
+        The shipped network (``model``: ``nuclei-unet``, or ``nuclei-hover``, the
+        EfficientNet-Lite0 network with HoVer distance maps) or the LoG baseline.
     device : str
         ``auto`` (GPU when available), ``cpu`` or ``cuda``.
     tile, halo : int
@@ -145,6 +152,7 @@ def segment_task(
                            "napari-mitosis segment --mpp 0.25, or open_slide(path, mpp=0.25)")
     x, y, w, h = _check_roi(slide, roi)
     net = spec = None
+    hover = False
     params = {}
     if method == "unet":
         yield Progress(0, 1, f"loading {model}")
@@ -155,7 +163,9 @@ def segment_task(
         except ModelError as exc:
             raise NucleiError(str(exc)) from exc
         work_mpp = float(spec.mpp)
-        params = {k: v for k, v in spec.thresholds.items() if k in ("foreground", "marker", "min_marker_um2", "min_area_um2")}
+        hover = spec.builder == HOVER_BUILDER
+        keys = HOVER_PARAMS if hover else UNET_PARAMS
+        params = {k: v for k, v in spec.thresholds.items() if k in keys}
     else:
         work_mpp = NUCLEI_MPP
     ds = work_mpp / level0_mpp
@@ -185,7 +195,11 @@ def segment_task(
         rgb = read_tissue_tile(slide, tissue, x + ix0 * ds, y + iy0 * ds, ds, iw, ih)
         if rgb is None:
             continue
-        if method == "unet":
+        if method == "unet" and hover:
+            from ..models.nuclei_net import predict_maps
+
+            inst = hover_to_instances(predict_maps(net, rgb), mpp=work_mpp, **params)
+        elif method == "unet":
             from ..models.unet import predict_probabilities
 
             probs = predict_probabilities(net, rgb)
