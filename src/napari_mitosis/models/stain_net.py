@@ -135,10 +135,21 @@ class NeuralStainNormalizer(StainNormalizer):
         Registry name of the shipped weights.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
-    match_lightness : bool
+    match_lightness : bool or "quantiles"
         Also match the tissue lightness (mean and spread of CIE L) to the
         style's before re-colouring: the network only predicts chroma, and a
-        darker or paler lab stays darker or paler without it.
+        darker or paler lab stays darker or paler without it. ``"quantiles"``
+        matches the whole distribution (percentiles) instead: measured, it
+        barely moves the style metrics and costs structure (docs/stain.md).
+    keep_hue : bool
+        Render the network's output with the style's own stain vectors
+        (:func:`render_with_stains`): each pixel's optical density (how dark
+        the network made it) is kept, but split between the style's
+        hematoxylin and eosin vectors in the proportion the *source* image's
+        own stain separation gives (Macenko vectors of the source, computed
+        once per slide by :meth:`source_stats`). Nuclei thus take the style's
+        hematoxylin hue instead of the magenta-maroon the grayscale network
+        guesses for dark pixels. Off: the paper's chroma as predicted.
     """
 
     method = "neural"
@@ -152,6 +163,7 @@ class NeuralStainNormalizer(StainNormalizer):
         batch: int = 8,
         folder=None,
         match_lightness: bool = True,
+        keep_hue: bool = True,
     ):
         super().__init__()
         from .registry import WEIGHTS_DIR, load_model
@@ -161,8 +173,11 @@ class NeuralStainNormalizer(StainNormalizer):
         self.device = next(self.net.parameters()).device
         self.fit_steps, self.batch = fit_steps, batch
         self.match_lightness = match_lightness
+        self.keep_hue = keep_hue
         lightness = self.spec.training.get("style_lightness")
-        self.target = {"model": model, "finetuned": False, "lightness": lightness}
+        stains = self.spec.training.get("style_stains")
+        quantiles = self.spec.training.get("style_lightness_quantiles")
+        self.target = {"model": model, "finetuned": False, "lightness": lightness, "lightness_q": quantiles, "stains": stains}
 
     @property
     def mpp(self) -> float:
@@ -178,14 +193,15 @@ class NeuralStainNormalizer(StainNormalizer):
         ref = _rescale(reference, (mpp or self.mpp) / self.mpp)
         finetune(self.net, ref, steps=self.fit_steps, batch=self.batch, seed=seed)
         self.net.eval()
-        self.target = {"model": self.model, "finetuned": True, "lightness": _lightness(ref)}
+        self.target = {"model": self.model, "finetuned": True, "lightness": _lightness(ref),
+                       "lightness_q": _lightness_quantiles(ref), "stains": _stains(ref)}
         return self
 
     def source_stats(self, image, what: str = "image", mpp: float | None = None) -> dict:
         """Global descriptor of an image (a slide overview), shared by all its tiles."""
         image = check_rgb(image, what)
         small = _rescale(image, (mpp or self.mpp) / self.mpp)
-        stats = {"lightness": _lightness(small)}
+        stats = {"lightness": _lightness(small), "lightness_q": _lightness_quantiles(small), "stains": _stains(small)}
         with torch.no_grad():
             g = self.net.global_features(self._luminance(small, stats["lightness"]))
         return {**stats, "global": g.cpu()}
@@ -204,9 +220,11 @@ class NeuralStainNormalizer(StainNormalizer):
         factor = (mpp or self.mpp) / self.mpp
         smalls = [_rescale(im, factor) for im in images]
         if source is not None:
-            lights = [source.get("lightness")] * len(images)
+            lights = [(source.get("lightness"), source.get("lightness_q"))] * len(images)
+            stains = [source.get("stains")] * len(images)
         else:  # each image's own statistics (tissue-less images are left alone below)
-            lights = [_lightness(sm) if (tissue_weight(sm) >= 1).sum() > 50 else None for sm in smalls]
+            lights = [(_lightness(sm), _lightness_quantiles(sm)) if (tissue_weight(sm) >= 1).sum() > 50 else (None, None) for sm in smalls]
+            stains = [_stains(sm) if self.keep_hue else None for sm in smalls]
         with torch.no_grad():
             lum_small = torch.cat([self._luminance(sm, li) for sm, li in zip(smalls, lights, strict=True)])
             h, w = lum_small.shape[2:]
@@ -217,20 +235,36 @@ class NeuralStainNormalizer(StainNormalizer):
             lab = torch.cat([lum_full, chroma * AB_SCALE], 1)
             outs = (lab_to_rgb(lab).permute(0, 2, 3, 1).cpu().numpy() * 255.0)
         result = []
-        for im, out in zip(images, outs, strict=True):
+        for im, out, st in zip(images, outs, stains, strict=True):
+            if self.keep_hue and st is not None and self.target.get("stains") is not None:
+                out = render_with_stains(im, out, st, self.target["stains"])
             w8 = tissue_weight(im)[..., None]
             result.append(np.clip(np.rint(w8 * out + (1 - w8) * im), 0, 255).astype(np.uint8))
         return result
 
-    def _luminance(self, rgb: np.ndarray, lightness=None) -> torch.Tensor:
+    def _luminance(self, rgb: np.ndarray, lightness=(None, None)) -> torch.Tensor:
         """Network input: CIE L / 100, lightness-matched to the style when asked."""
         return self._match(rgb_to_lab(to_tensor(rgb).to(self.device))[:, :1], lightness) / 100.0
 
     def _match(self, L: torch.Tensor, source_lightness) -> torch.Tensor:
-        target = self.target.get("lightness")
-        if not self.match_lightness or source_lightness is None or target is None:
+        """Map the tissue lightness onto the style's: mean and spread, or its whole distribution
+        (percentiles) with ``match_lightness="quantiles"`` when both are known."""
+        if not isinstance(source_lightness, tuple):  # (mean, std) alone
+            source_lightness = (source_lightness, None)
+        moments, quantiles = source_lightness
+        if not self.match_lightness:
             return L
-        (ms, ss), (mt, st) = source_lightness, target
+        tq = self.target.get("lightness_q")
+        if quantiles is not None and tq is not None and self.match_lightness == "quantiles":
+            xp = np.concatenate([[0.0], np.maximum.accumulate(np.asarray(quantiles, float)), [100.0]])
+            fp = np.concatenate([[0.0], np.asarray(tq, float), [100.0]])
+            xp = xp + np.arange(len(xp)) * 1e-6  # strictly increasing
+            mapped = np.interp(L.detach().cpu().numpy().ravel(), xp, fp).reshape(L.shape)
+            return torch.from_numpy(mapped).to(L)
+        target = self.target.get("lightness")
+        if moments is None or target is None:
+            return L
+        (ms, ss), (mt, st) = moments, target
         return ((L - ms) / max(ss, 1e-3) * st + mt).clamp(0, 100)
 
     def to_dict(self) -> dict:
@@ -239,17 +273,88 @@ class NeuralStainNormalizer(StainNormalizer):
             "model": self.model,
             "finetuned": bool(self.target.get("finetuned")),
             "lightness": self.target.get("lightness"),
+            "lightness_q": self.target.get("lightness_q"),
             "match_lightness": self.match_lightness,
+            "keep_hue": self.keep_hue,
+            "stains": _plain(self.target.get("stains")),
         }
 
     @classmethod
     def from_dict(cls, data: dict, state: dict | None = None) -> NeuralStainNormalizer:
-        norm = cls(model=data.get("model", "stain-mitos-atypia14"), match_lightness=data.get("match_lightness", True))
+        # a style saved before keep_hue existed keeps the colours it was saved with
+        norm = cls(model=data.get("model", "stain-mitos-atypia14"), match_lightness=data.get("match_lightness", True),
+                   keep_hue=data.get("keep_hue", False))
         if state is not None:
             norm.net.load_state_dict(state)
             norm.net.eval()
-        norm.target = {"model": norm.model, "finetuned": state is not None, "lightness": data.get("lightness", norm.target["lightness"])}
+        norm.target = {"model": norm.model, "finetuned": state is not None, "lightness": data.get("lightness", norm.target["lightness"]),
+                       "lightness_q": data.get("lightness_q"), "stains": data.get("stains") or norm.target["stains"]}
         return norm
+
+
+def _plain(stains):
+    if stains is None:
+        return None
+    return {k: np.asarray(v, dtype=float).tolist() for k, v in stains.items()}
+
+
+def _stains(rgb: np.ndarray):
+    """Macenko stain vectors (hematoxylin, eosin) and 99th-percentile concentrations, or None."""
+    try:
+        st = classical.MacenkoNormalizer().source_stats(rgb)
+    except StainNormError:
+        return None
+    return {"stains": st["stains"].tolist(), "max_conc": st["max_conc"].tolist()}
+
+
+def render_with_stains(source: np.ndarray, network_rgb: np.ndarray, source_stains: dict, style_stains: dict) -> np.ndarray:
+    """Give the network's output the style's stain hues (optical-density space).
+
+    Each pixel's total optical density (summed over RGB) is the network's
+    (so its lightness and the matched contrast stay); its hematoxylin share
+    is the source pixel's, from the source's own stain vectors, with
+    concentrations expressed in the style's units (divided by the source's
+    and multiplied by the style's 99th percentile, as Macenko does). The
+    output density is that total split between the style's hematoxylin and
+    eosin vectors, so a nucleus has the style's hematoxylin hue and stroma
+    its eosin hue whatever colour the grayscale network guessed.
+
+    Parameters
+    ----------
+    source : (rows, cols, 3) uint8, the image being normalised
+    network_rgb : (rows, cols, 3) float in 0..255, the network's colourisation
+    source_stains, style_stains : dict with ``stains`` (2, 3) and ``max_conc`` (2,)
+
+    Returns
+    -------
+    (rows, cols, 3) float in 0..255
+    """
+    from ..core.stain import rgb_to_od
+
+    src_v = np.asarray(source_stains["stains"], dtype=np.float64)
+    tgt_v = np.asarray(style_stains["stains"], dtype=np.float64)
+    scale = np.asarray(style_stains["max_conc"], dtype=np.float64) / np.asarray(source_stains["max_conc"], dtype=np.float64)
+    od = rgb_to_od(source, background=classical.BACKGROUND).reshape(-1, 3).astype(np.float64)
+    conc = np.clip(od @ np.linalg.pinv(src_v), 0, None) * scale  # (n, 2) in the style's units
+    share = (conc[:, 0] + 0.02) / (conc.sum(axis=1) + 0.04)  # 1/2 where there is (almost) no stain
+    unit = tgt_v / tgt_v.sum(axis=1, keepdims=True)  # OD per unit of summed OD
+    total = -np.log(np.clip(np.asarray(network_rgb, dtype=np.float64), 1.0, 255.0) / 255.0).reshape(-1, 3).sum(axis=1)
+    out_od = total[:, None] * (share[:, None] * unit[0] + (1 - share[:, None]) * unit[1])
+    return (255.0 * np.exp(-out_od)).reshape(source.shape)
+
+
+#: Percentiles of tissue lightness matched by ``match_lightness`` (every 2 %).
+LIGHTNESS_PERCENTILES = np.linspace(0, 100, 51)
+
+
+def _lightness_quantiles(rgb: np.ndarray):
+    """Percentiles (:data:`LIGHTNESS_PERCENTILES`) of CIE L over tissue pixels, or None without tissue."""
+    from skimage import color
+
+    mask = tissue_weight(rgb) >= 1
+    if mask.sum() < 50:
+        return None
+    return np.percentile(color.rgb2lab(rgb)[..., 0][mask], LIGHTNESS_PERCENTILES).round(3).tolist()
 
 
 def _lightness(rgb: np.ndarray):
