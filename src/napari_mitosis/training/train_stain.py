@@ -70,6 +70,18 @@ def style_lightness(images: list[StyleImage]) -> list[float]:
     return [float(values.mean()), float(values.std())]
 
 
+def style_stains(images: list[StyleImage]) -> dict:
+    """The style's Macenko stain vectors (hematoxylin, eosin) and 99th-percentile concentrations,
+    pooled over its images: what :class:`~napari_mitosis.models.stain_net.NeuralStainNormalizer`
+    renders the network's output with (``keep_hue``); goes in the spec as ``style_stains``."""
+    from ..core.stain_norm import MacenkoNormalizer
+
+    side = min(min(im.rgb.shape[:2]) for im in images)
+    pooled = np.concatenate([im.rgb[:side, :side] for im in images], 0)
+    st = MacenkoNormalizer().source_stats(pooled, what="style images")
+    return {"stains": st["stains"].tolist(), "max_conc": st["max_conc"].tolist()}
+
+
 def train(
     images: list[StyleImage],
     val: list[StyleImage],
