@@ -307,7 +307,9 @@ def _stains(rgb: np.ndarray):
     return {"stains": st["stains"].tolist(), "max_conc": st["max_conc"].tolist()}
 
 
-def render_with_stains(source: np.ndarray, network_rgb: np.ndarray, source_stains: dict, style_stains: dict) -> np.ndarray:
+def render_with_stains(
+    source: np.ndarray, network_rgb: np.ndarray, source_stains: dict, style_stains: dict, keep_lightness: bool = True
+) -> np.ndarray:
     """Give the network's output the style's stain hues (optical-density space).
 
     Each pixel's total optical density (summed over RGB) is the network's
@@ -317,13 +319,18 @@ def render_with_stains(source: np.ndarray, network_rgb: np.ndarray, source_stain
     and multiplied by the style's 99th percentile, as Macenko does). The
     output density is that total split between the style's hematoxylin and
     eosin vectors, so a nucleus has the style's hematoxylin hue and stroma
-    its eosin hue whatever colour the grayscale network guessed.
+    its eosin hue whatever colour the grayscale network guessed. With
+    ``keep_lightness`` the result's CIE L is then set back to the network
+    output's (the matched lightness), so only the colour (a, b) comes from
+    the stain rendering.
 
     Parameters
     ----------
     source : (rows, cols, 3) uint8, the image being normalised
     network_rgb : (rows, cols, 3) float in 0..255, the network's colourisation
     source_stains, style_stains : dict with ``stains`` (2, 3) and ``max_conc`` (2,)
+    keep_lightness : bool
+        Keep the network output's lightness (measured: better histograms, same hue).
 
     Returns
     -------
@@ -340,7 +347,13 @@ def render_with_stains(source: np.ndarray, network_rgb: np.ndarray, source_stain
     unit = tgt_v / tgt_v.sum(axis=1, keepdims=True)  # OD per unit of summed OD
     total = -np.log(np.clip(np.asarray(network_rgb, dtype=np.float64), 1.0, 255.0) / 255.0).reshape(-1, 3).sum(axis=1)
     out_od = total[:, None] * (share[:, None] * unit[0] + (1 - share[:, None]) * unit[1])
-    return (255.0 * np.exp(-out_od)).reshape(source.shape)
+    rendered = (255.0 * np.exp(-out_od)).reshape(source.shape)
+    if not keep_lightness:
+        return rendered
+    to_t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]  # noqa: E731
+    lab = rgb_to_lab(to_t(rendered))
+    lab[:, 0] = rgb_to_lab(to_t(np.asarray(network_rgb)))[:, 0]
+    return lab_to_rgb(lab)[0].permute(1, 2, 0).numpy().astype(np.float64) * 255.0
 
 
 #: Percentiles of tissue lightness matched by ``match_lightness`` (every 2 %).
