@@ -114,6 +114,7 @@ def cmd_train_stain(args) -> int:
             "split": f"frames of group {args.val_group} for validation, the other groups for training",
             "class_share": args.class_share,
             "style_lightness": ts.style_lightness(trn),
+            "style_stains": ts.style_stains(trn),  # what keep_hue renders the output with
             "command": command,
         },
     )
