@@ -97,4 +97,4 @@ def test_shipped_model_on_a_held_out_monuseg_crop():
 
 
 #: Measured on this crop with the shipped model, minus a margin (see docs/nuclei.md).
-AJI_FLOOR = {"dice": 0.7, "aji": 0.5}
+AJI_FLOOR = {"dice": 0.72, "aji": 0.53}  # measured 0.790 and 0.589 (nuclei-unet: 0.744, 0.527)

@@ -115,7 +115,8 @@ def configure_train(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--ship", action="store_true",
-                   help="write nuclei-unet.pt/.json/.md into the package's weights folder (default: into --out)")
+                   help="write nuclei-unet (or with --arch hover nuclei-hover) .pt/.json/.md into the package's weights "
+                        "folder (default: into --out)")
     p.add_argument("--normalize", choices=["none", "macenko", "reinhard", "neural"], default="none",
                    help="stain-normalise every training and validation image once at load time (default none)")
     p.add_argument("--norm-reference", help="reference image for --normalize (default: the training image "
@@ -191,11 +192,11 @@ def register(sub) -> None:
     s.add_argument("--table", help="per-nucleus CSV: id, centroid (px, um), area um2, eccentricity, hematoxylin OD")
     s.add_argument("--mpp", type=float, help="pixel size in um/px (required when the file does not record it)")
     s.add_argument("--roi", help="x,y,w,h in level-0 pixels (default: the whole image)")
-    s.add_argument("--method", choices=["unet", "log"], default="unet", help="U-Net (default) or the LoG baseline")
+    s.add_argument("--method", choices=["unet", "log"], default="unet", help="unet: the network (default; --model, nuclei-hover unless given) or log: the classical baseline")
     s.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda")
     s.add_argument("--model", help="the network for --method unet: a registry name (default: the shipped "
-                   "default, see docs/nuclei.md; nuclei-unet and nuclei-hover are shipped)")
+                   "nuclei-hover; nuclei-unet is the previous U-Net)")
     s.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue (whole slides)")
     s.add_argument("--tile", type=int, default=768, help="tile side at 0.5 um/px (default 768; bounds memory)")
     s.set_defaults(func=cmd_segment)
-    train.add_trainer("nuclei", "train the nucleus U-Net on ../shared/data/nuclei", configure_train, cmd_train)
+    train.add_trainer("nuclei", "train a nucleus network (--arch unet|hover) on ../shared/data/nuclei", configure_train, cmd_train)

@@ -1,7 +1,7 @@
 """Nucleus segmentation over any region of a slide, tile by tile, as a task with progress.
 
 The region (the view, a drawn rectangle, or the whole slide) is read at the
-model's working pixel size (0.5 um/px for ``nuclei-unet``) in tiles of
+model's working pixel size (0.5 um/px for ``nuclei-hover`` and ``nuclei-unet``) in tiles of
 ``tile`` x ``tile`` working pixels plus a ``halo`` on every side, so memory
 depends on the tile size, not on the region (the label image of the region at
 the working pixel size is the only region-sized array; pass ``labels_out``, e.g.
@@ -52,8 +52,9 @@ from ..io.working import read_tissue_tile, read_working
 from .checks import check_mpp, check_roi
 from .progress import Progress, Task, run
 
-#: Default model.
-MODEL = "nuclei-unet"
+#: Default model: nuclei-hover (EfficientNet-Lite0 + HoVer maps; above nuclei-unet on every held-out
+#: source, docs/nuclei.md). ``model="nuclei-unet"`` (``segment --model nuclei-unet``) keeps the U-Net.
+MODEL = "nuclei-hover"
 #: Builder of the networks that predict HoVer distance maps (post-processed by
 #: :func:`~napari_mitosis.core.nuclei.hover_to_instances`); any other is a 3-class U-Net.
 HOVER_BUILDER = "napari_mitosis.models.nuclei_net:build_nuclei_net"

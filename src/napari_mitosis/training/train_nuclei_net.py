@@ -373,7 +373,7 @@ instances by a marker-controlled watershed (`core.nuclei.hover_to_instances`). W
   (MoNuSeg CC BY-NC-SA 4.0). Binary-only masks train the foreground only.
 - **Validation split, by image** (never trained on): {val}.
 - **Augmentation**: rotation, scale 0.7-1.4, flips, H&E stain jitter, brightness.
-- **Training**: {t['steps']} steps of {t['batch']} patches {t['patch']}x{t['patch']}, {t['minutes']} min on {t['threads']} CPU thread(s); AdamW 1e-3;
+- **Training**: {t['steps']} steps of {t['batch']} patches {t['patch']}x{t['patch']}, {t['minutes']} min of CPU (threads: see the training commands); AdamW 1e-3;
   loss: cross-entropy (boundary x2) + foreground soft Dice + h/v MSE + h/v gradient MSE.
 - **Thresholds** (chosen on training images by AJI): {spec.thresholds}.
 - **Command**: `{t['command']}`{cmds}
