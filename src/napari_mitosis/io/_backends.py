@@ -9,6 +9,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from ..errors import NapariMitosisError
 from .slide import MAX_SIDE, PLAUSIBLE_MPP, Slide, SlideError
 
 TIFF_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".btf", ".tf8", ".scn", ".bif")
@@ -145,8 +146,9 @@ class _TileCache:
 TILE_CACHE = _TileCache(TILE_CACHE_BYTES)
 
 
-class DamagedTile(ValueError):
-    """A tile whose compressed data decodes only with the decoder's warnings (garbage pixels)."""
+class DamagedTile(NapariMitosisError, ValueError):
+    """A tile whose compressed data decodes only with the decoder's warnings (garbage pixels).
+    Not a SlideError: a slide that fills bad tiles records it and reads on."""
 
 
 #: TIFF compression code of JPEG tiles.
