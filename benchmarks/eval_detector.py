@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_mitosis.training.detector_data import CROP_MPP, DENSE_MPP, MITOS_MPP, load_cache, read_rgb, rescale  # noqa: E402
-from napari_mitosis.training.train_detector import CACHE, holdout_mask  # noqa: E402
+from napari_mitosis.training.train_detector import CACHE, holdout_mask, image_candidates  # noqa: E402
 
 MATCH_UM = 7.5
 MITOS_RECORDED_MPP = 0.2455
@@ -126,16 +126,10 @@ def validation_sets(cache=CACHE):
 def score_images(images, mpp, params) -> list[np.ndarray]:
     """Every candidate of each image as the pipeline scores it: rows x, y (image px), dense
     mitosis, dense granulocyte, p mitosis, p granulocyte, p other."""
-    import dask.array as da
-
-    from napari_mitosis.io.slide import Slide
-    from napari_mitosis.pipeline.detect import detect_tile
-
+    cols = ["x", "y", "dense_mitotic_figure", "dense_granulocyte", "p_mitotic_figure", "p_granulocyte", "p_other"]
     out = []
-    for i, img in enumerate(images):
-        slide = Slide(path=f"val{i}.png", levels=[da.from_array(img, chunks=(1024, 1024, 3))], mpp=mpp, format="image")
-        det = detect_tile(slide, 0, 0, img.shape[1], img.shape[0], params, mpp, keep_all=True)["detections"]
-        cols = ["x", "y", "dense_mitotic_figure", "dense_granulocyte", "p_mitotic_figure", "p_granulocyte", "p_other"]
+    for img in images:
+        det = image_candidates(img, mpp, params)
         out.append(det[cols].to_numpy(float) if len(det) else np.zeros((0, 7)))
     return out
 

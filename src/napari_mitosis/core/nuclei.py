@@ -295,8 +295,6 @@ def probabilities_to_instances(
     >>> int(lab.max()), bool(lab[5, 5] != lab[5, 14])
     (2, True)
     """
-    from skimage.segmentation import watershed
-
     p = np.asarray(probs, dtype=np.float32)
     if p.ndim != 3 or p.shape[0] != 3:
         raise ValueError(f"probabilities must be (3, rows, columns) for background/nucleus/boundary, got {p.shape}")
@@ -304,9 +302,18 @@ def probabilities_to_instances(
     if not fg.any():
         return np.zeros(p.shape[1:], np.int32)
     seeds = ((p[1] - p[2]) > marker) & fg
+    return _marker_watershed(1.0 - p[1], seeds, fg, mpp, min_marker_um2, min_area_um2)
+
+
+def _marker_watershed(surface, seeds, fg, mpp, min_marker_um2, min_area_um2) -> np.ndarray:
+    """Watershed of ``surface`` within ``fg`` from the connected ``seeds`` of at least
+    ``min_marker_um2``; foreground pieces without a marker become one nucleus each; nuclei under
+    ``min_area_um2`` are dropped; labels 1..N."""
+    from skimage.segmentation import watershed
+
     markers, _ = ndi.label(seeds)
     markers = _remove_small(markers, min_marker_um2 / mpp**2)
-    labels = watershed(1.0 - p[1], markers, mask=fg)
+    labels = watershed(surface, markers, mask=fg)
     rest, n = ndi.label(fg & (labels == 0))
     if n:
         labels = np.where(rest > 0, rest + labels.max(), labels)
@@ -410,8 +417,6 @@ def hover_to_instances(
     >>> int(out.max()), bool(out[10, 8] != out[10, 26])
     (2, True)
     """
-    from skimage.segmentation import watershed
-
     p = np.asarray(maps, dtype=np.float32)
     if p.ndim != 3 or p.shape[0] != 5:
         raise ValueError(f"maps must be (5, rows, columns): background, nucleus, boundary, h, v; got {p.shape}")
@@ -420,14 +425,7 @@ def hover_to_instances(
         return np.zeros(p.shape[1:], np.int32)
     en = hover_energy(p[3:])
     seeds = fg & ((p[1] - p[2]) > marker) & (en < energy)
-    markers, _ = ndi.label(seeds)
-    markers = _remove_small(markers, min_marker_um2 / mpp**2)
-    labels = watershed(en + p[2] - p[1], markers, mask=fg)
-    rest, n = ndi.label(fg & (labels == 0))
-    if n:
-        labels = np.where(rest > 0, rest + labels.max(), labels)
-    labels = _remove_small(labels, min_area_um2 / mpp**2)
-    return relabel(labels)
+    return _marker_watershed(en + p[2] - p[1], seeds, fg, mpp, min_marker_um2, min_area_um2)
 
 
 def nuclei_table(

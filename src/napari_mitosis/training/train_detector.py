@@ -383,6 +383,18 @@ def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
     return len(rows)
 
 
+def image_candidates(img: np.ndarray, mpp: float, params):
+    """Every candidate of an in-memory RGB image as the pipeline scores it (``detect_tile`` over the
+    whole image, ``keep_all``): x, y (image px), the dense and classifier probabilities."""
+    import dask.array as da
+
+    from ..io.slide import Slide
+    from ..pipeline.detect import detect_tile
+
+    slide = Slide(path="image.png", levels=[da.from_array(img, chunks=(2048, 2048, 3))], mpp=mpp, format="image")
+    return detect_tile(slide, 0, 0, img.shape[1], img.shape[0], params, mpp, keep_all=True)["detections"]
+
+
 def mine_detections(cache: Path = CACHE, threshold: float = 0.3, log=print, train_on=()) -> int:
     """The shipped detector's false detections on the training frames (MITOS-ATYPIA-14 at both
     its recorded and corrected pixel size, EoE tiles, nucleus-set images), through the pipeline a
@@ -390,10 +402,7 @@ def mine_detections(cache: Path = CACHE, threshold: float = 0.3, log=print, trai
     and which is >= 7.5 um from every labelled object of that class (and from the "ignore"
     points) becomes a negative (label 2, kind 4) in ``ckpt/mined_cls.npz``: the second round of
     hard negatives, the look-alikes the classifier still calls mitoses. Returns their number."""
-    import dask.array as da
-
-    from ..io.slide import Slide
-    from ..pipeline.detect import detect_tile, make_params
+    from ..pipeline.detect import make_params
 
     torch.set_num_threads(1)
     loose = {"detect_candidate_mitotic_figure": 0.05, "detect_candidate_granulocyte": 0.05}
@@ -408,8 +417,7 @@ def mine_detections(cache: Path = CACHE, threshold: float = 0.3, log=print, trai
         # MITOS frames as a user runs them (recorded 0.2455 um/px: cells 1.5x larger) and corrected
         mpps = (CLS_MPP, CLS_MPP / 1.5) if r.domain == "mitos14" else (CLS_MPP,)
         for mpp in mpps:
-            slide = Slide(path=f"train{i}.png", levels=[da.from_array(img, chunks=(2048, 2048, 3))], mpp=mpp, format="image")
-            det = detect_tile(slide, 0, 0, img.shape[1], img.shape[0], params, mpp, keep_all=True)["detections"]
+            det = image_candidates(img, mpp, params)
             if not len(det):
                 continue
             v = det[cols].to_numpy(float)

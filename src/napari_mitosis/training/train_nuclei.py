@@ -203,27 +203,31 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 0.25,
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def random_patch(sample: Sample, size: int, rng: np.random.Generator, scale_range=(0.8, 1.25)):
-    """A rotated, scaled, flipped, stain-jittered patch and its 3-class target."""
+def random_patch_labels(rgb, labels, size: int, rng: np.random.Generator, scale_range=(0.8, 1.25)):
+    """A rotated, scaled (>1 magnifies), flipped, stain-jittered ``size`` px patch of ``rgb`` and
+    the same patch of the instance ``labels`` (nearest neighbour), around a random centre."""
     from scipy import ndimage as ndi
 
-    h, w = sample.labels.shape
+    h, w = labels.shape
     theta = rng.uniform(0, 2 * np.pi)
-    s = rng.uniform(*scale_range)  # >1 magnifies
+    s = rng.uniform(*scale_range)
     c, si = np.cos(theta) / s, np.sin(theta) / s
     mat = np.array([[c, -si], [si, c]])
-    # output centre maps to a random input centre
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    centre_out = np.array([size / 2 - 0.5, size / 2 - 0.5])
-    offset = np.array([cy, cx]) - mat @ centre_out
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)  # the output centre maps to a random input centre
+    offset = np.array([cy, cx]) - mat @ np.array([size / 2 - 0.5, size / 2 - 0.5])
     img = np.empty((size, size, 3), np.uint8)
     for ch in range(3):
-        img[..., ch] = ndi.affine_transform(sample.rgb[..., ch], mat, offset, (size, size), order=1, mode="reflect")
-    lab = ndi.affine_transform(sample.labels, mat, offset, (size, size), order=0, mode="reflect")
+        img[..., ch] = ndi.affine_transform(rgb[..., ch], mat, offset, (size, size), order=1, mode="reflect")
+    lab = ndi.affine_transform(labels, mat, offset, (size, size), order=0, mode="reflect")
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
-    img = stain_jitter(img, rng)
-    return np.ascontiguousarray(img), instances_to_classes(np.ascontiguousarray(lab))
+    return np.ascontiguousarray(stain_jitter(img, rng)), np.ascontiguousarray(lab)
+
+
+def random_patch(sample: Sample, size: int, rng: np.random.Generator, scale_range=(0.8, 1.25)):
+    """A rotated, scaled, flipped, stain-jittered patch and its 3-class target."""
+    img, lab = random_patch_labels(sample.rgb, sample.labels, size, rng, scale_range)
+    return img, instances_to_classes(lab)
 
 
 # ----------------------------------------------------------------- training

@@ -44,7 +44,7 @@ from ..core.nuclei import (
     instances_to_classes,
     segmentation_metrics,
 )
-from .train_nuclei import VALIDATION, list_images, load_sample, stain_jitter
+from .train_nuclei import VALIDATION, list_images, load_sample, random_patch_labels
 
 #: Registry name.
 MODEL_NAME = "nuclei-hover"
@@ -72,26 +72,6 @@ class HoverConfig:
     command: str = ""
 
 
-def random_patch_labels(rgb, labels, size: int, rng: np.random.Generator, scale_range=(0.7, 1.4)):
-    """A rotated, scaled, flipped, stain-jittered patch of ``rgb`` and the same of ``labels``."""
-    from scipy import ndimage as ndi
-
-    h, w = labels.shape
-    theta = rng.uniform(0, 2 * np.pi)
-    s = rng.uniform(*scale_range)
-    c, si = np.cos(theta) / s, np.sin(theta) / s
-    mat = np.array([[c, -si], [si, c]])
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    offset = np.array([cy, cx]) - mat @ np.array([size / 2 - 0.5, size / 2 - 0.5])
-    img = np.empty((size, size, 3), np.uint8)
-    for ch in range(3):
-        img[..., ch] = ndi.affine_transform(rgb[..., ch], mat, offset, (size, size), order=1, mode="reflect")
-    lab = ndi.affine_transform(labels, mat, offset, (size, size), order=0, mode="reflect")
-    if rng.random() < 0.5:
-        img, lab = img[:, ::-1], lab[:, ::-1]
-    return np.ascontiguousarray(stain_jitter(img, rng)), np.ascontiguousarray(lab)
-
-
 def make_batch(samples, weights, cfg: HoverConfig, rng):
     """Tensors x (N, 3, P, P) in [0, 1], classes (N, P, P), hv (N, 2, P, P), instance flags (N,)."""
     import torch
@@ -100,7 +80,7 @@ def make_batch(samples, weights, cfg: HoverConfig, rng):
     xs, cls, hvs, inst = [], [], [], []
     for i in picks:
         s = samples[i]
-        img, lab = random_patch_labels(s.rgb, s.labels, cfg.patch, rng)
+        img, lab = random_patch_labels(s.rgb, s.labels, cfg.patch, rng, scale_range=(0.7, 1.4))
         xs.append(img)
         cls.append(instances_to_classes(lab))
         hvs.append(hover_targets(lab) if s.instances else np.zeros((2,) + lab.shape, np.float32))
