@@ -59,3 +59,21 @@ def test_the_classifier_sampler_draws_balanced_labelled_patches():
     assert (counts > 5).all()
     dark = x.mean((1, 2, 3)) < 0.5  # the mitosis image is the dark one: labels follow their pixels
     assert (y[dark] == 0).all() and (y[~dark] != 0).all()
+
+
+def test_stain_mix_up_takes_the_hue_of_training_images_only():
+    from napari_mitosis.core.stain import EOSIN, HEMATOXYLIN, render_stains
+
+    rng = np.random.default_rng(3)
+    own = np.stack([HEMATOXYLIN, EOSIN]) / np.linalg.norm([HEMATOXYLIN, EOSIN], axis=1, keepdims=True)
+    blue = np.array([[0.30, 0.60, 0.74], EOSIN / np.linalg.norm(EOSIN)])
+    img = render_stains([np.full((8, 8), 0.8), np.full((8, 8), 0.3)], own, 255.0)
+    mixed = [T.stain_mix(img, own, blue[None], rng) for _ in range(20)]
+    assert all(m.shape == img.shape and m.dtype == np.uint8 for m in mixed)
+    assert np.mean([m[..., 2].mean() for m in mixed]) < img[..., 2].mean() - 3  # bluer hematoxylin absorbs more blue
+    # the library holds the training images' vectors: a held-out image's hue is never used
+    meta = pd.DataFrame({"domain": ["atnorm_md", "atnorm_br"], "group": ["atnorm_md/0", "atnorm_br/0"]})
+    rows = np.array([[0, 4, 4, 0, 0], [1, 4, 4, 0, 0]], float)
+    s = T.ClsSampler([img, img], rows, meta, rng, stains=np.stack([own, blue]), p_restain=1.0)
+    assert len(s.library) == 1 and np.allclose(s.library[0], own)
+    assert T.stain_mix(img, np.full((2, 3), np.nan), s.library, rng) is img  # no vectors: unchanged

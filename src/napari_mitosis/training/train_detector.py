@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.stain import hed_jitter
+from ..core.stain import hed_jitter, restain
 from ..models.dense_net import dense_candidates, dense_probabilities
 from ..models.effnet import load_imagenet
 from ..models.tensors import rgb_to_tensor
@@ -65,6 +65,34 @@ def colour_aug(img: np.ndarray, rng) -> np.ndarray:
         ok, enc = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 95))])
         x = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED)
     return x
+
+
+def stain_library(imgs, path: Path) -> np.ndarray:
+    """Each image's Macenko hematoxylin and eosin vectors, (n, 2, 3); NaN where an image has too
+    little stained tissue to estimate them. Cached in ``path`` (a few seconds per thousand images)."""
+    from ..core.stain_norm import MacenkoNormalizer, StainNormError
+
+    if Path(path).exists():
+        return np.load(path)["stains"]
+    est = MacenkoNormalizer()
+    out = np.full((len(imgs), 2, 3), np.nan, np.float32)
+    for i, img in enumerate(imgs):
+        try:
+            out[i] = est.source_stats(img)["stains"]
+        except StainNormError:
+            pass
+    np.savez(path, stains=out)
+    return out
+
+
+def stain_mix(patch, own, library, rng) -> np.ndarray:
+    """Stain mix-up: the patch re-rendered with a mixture of its image's stain vectors and those
+    of a random training image (another lab's hue, the same amounts of stain)."""
+    if not np.isfinite(own).all() or not len(library):
+        return patch
+    lam = rng.uniform(0.0, 1.0)
+    target = lam * own + (1 - lam) * library[rng.integers(len(library))]
+    return restain(patch, own, target)
 
 
 #: Scale augmentation (output px per input px): +-25 % and more, as labs' recorded pixel sizes differ.
@@ -201,8 +229,15 @@ def cls_points(imgs, meta, cache=CACHE / "cls_points.npz"):
 class ClsSampler:
     SIZE = 64
 
-    def __init__(self, imgs, rows, meta, rng, train=True, mined=None, mined_cls=None, hold=None):
+    def __init__(self, imgs, rows, meta, rng, train=True, mined=None, mined_cls=None, hold=None, stains=None,
+                 p_restain=0.0):
         hold = holdout_mask(meta) if hold is None else hold
+        # stain mix-up: vectors of the training images only (a held-out lab's hue stays unseen)
+        self.stains, self.p_restain = stains, float(p_restain)
+        self.library = np.zeros((0, 2, 3), np.float32)
+        if stains is not None:
+            ok = ~hold & np.isfinite(stains).all(axis=(1, 2))
+            self.library = stains[ok]
         keep = ~hold[rows[:, 0].astype(int)] if train else hold[rows[:, 0].astype(int)]
         self.imgs, self.rng = imgs, rng
         self.mitos_image = meta.domain.to_numpy() == "mitos14"
@@ -234,6 +269,8 @@ class ClsSampler:
         i, x, y, lab, _ = pool[rng.integers(len(pool))]
         sc = SCALE_MITOS if self.mitos_image[int(i)] else SCALE
         patch, _ = warp(self.imgs[int(i)], x, y, self.SIZE, rng, scale=sc, shift_px=2.5 / CLS_MPP)
+        if self.p_restain and rng.random() < self.p_restain:
+            patch = stain_mix(patch, self.stains[int(i)], self.library, rng)
         return colour_aug(patch, rng), int(lab)
 
     def batch(self, n):
@@ -260,9 +297,10 @@ def build_net(stage: str):
     return net, load_imagenet(net)
 
 
-def resume(stage: str, net, opt, ckpt_dir: Path, say=print) -> int:
+def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True) -> int:
     """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser, step) when it exists, else warm-start
-    from the shipped weights (fp16, the step in their spec); returns the step."""
+    from the shipped weights (fp16, the step in their spec; ``shipped=False``: keep the ImageNet
+    start); returns the step."""
     from ..models.registry import WEIGHTS_DIR, read_spec
 
     name = NAMES[stage]
@@ -273,9 +311,9 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print) -> int:
         opt.load_state_dict(ck["opt"])
         say(f"resumed {path} at step {ck['step']}")
         return int(ck["step"])
-    shipped = WEIGHTS_DIR / f"{name}.pt"
-    if shipped.exists():
-        net.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
+    weights = WEIGHTS_DIR / f"{name}.pt"
+    if shipped and weights.exists():
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         step = int(read_spec(name).training.get("steps", 0))
         say(f"warm start from the shipped {name} (step {step}; optimiser state starts afresh)")
         return step
@@ -283,10 +321,16 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print) -> int:
 
 
 def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
-          seed: int = 0, every: float = 3.0, log=print, train_on=(), mit_frame: float | None = None) -> int:
+          seed: int = 0, every: float = 3.0, log=print, train_on=(), mit_frame: float | None = None,
+          hold: np.ndarray | None = None, max_steps: int | None = None, warm_start: bool = True,
+          restain_p: float = 0.0) -> int:
     """Train one stage for ``minutes``, checkpointing every ``every`` minutes; returns the step.
     ``train_on``: held-out groups trained on too (recorded in the checkpoint); ``mit_frame``: the
-    classifier's sampling share of full-frame mitoses (default: the sampler's)."""
+    classifier's sampling share of full-frame mitoses (default: the sampler's). ``hold``: images
+    never trained on (default ``holdout_mask``; a leave-one-domain-out fold passes its own);
+    ``max_steps``: stop at this step too; ``warm_start=False``: without a checkpoint start from
+    ImageNet, not from the shipped weights (which have seen every training domain). ``restain_p``:
+    the classifier's share of stain mix-up samples (:func:`stain_mix`)."""
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     ckpt_dir = Path(cache) / "ckpt"
@@ -294,16 +338,19 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     rng = np.random.default_rng(seed + int(time.time()) % 100000)
     if stage == "dense":
         imgs, meta = load_cache(cache, "dense")
-        sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on))
+        sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on) if hold is None else hold)
         loss_fn = focal_loss
     else:
         imgs, meta = load_cache(cache, "cls")
         rows = cls_points(imgs, meta, Path(cache) / "cls_points.npz")
+        hold = holdout_mask(meta, train_on) if hold is None else hold
         mined_file = ckpt_dir / "mined.npz"
         mined = np.load(mined_file)["rows"] if mined_file.exists() else None
         mined_cls_file = ckpt_dir / "mined_cls.npz"
         mined_cls = np.load(mined_cls_file)["rows"] if mined_cls_file.exists() else None
-        sampler = ClsSampler(imgs, rows, meta, rng, mined=mined, mined_cls=mined_cls, hold=holdout_mask(meta, train_on))
+        stains = stain_library(imgs, Path(cache) / "cls_stains.npz") if restain_p else None
+        sampler = ClsSampler(imgs, rows, meta, rng, mined=mined, mined_cls=mined_cls, hold=hold, stains=stains,
+                             p_restain=restain_p)
         if mit_frame is not None:
             sampler.p["mit_frame"] = float(mit_frame)
         log(f"classifier pools: { {k: len(v) for k, v in sampler.pools.items()} }")
@@ -311,14 +358,14 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     net, missing = build_net(stage)
     log(f"{name}: not from ImageNet: {missing}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    step = resume(stage, net, opt, ckpt_dir, log)
+    step = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start)
     net.train()
     t0 = last = time.time()
     run = []
-    extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on)}
+    extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
     if train_on:
         log(f"also training on the held-out groups {sorted(train_on)} (a final fit: their figures are no longer held out)")
-    while time.time() - t0 < minutes * 60:
+    while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr)
         x, y = sampler.batch(batch)
@@ -572,6 +619,10 @@ def configure(ap) -> None:
                          "the operating points were chosen; its figures are then no longer held out")
     ap.add_argument("--mit-frame", type=float, default=None,
                     help="classifier: sampling share of the full-frame (MITOS) mitoses (default 0.12, 0.15 with mined detections)")
+    ap.add_argument("--restain", type=float, default=0.0, metavar="P",
+                    help="classifier: share of samples re-rendered with another training image's stain vectors "
+                         "(stain mix-up; default 0)")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop at this step (e.g. before the lr's warm restart)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -592,7 +643,7 @@ def run_stage(args) -> int:
         build_cache(Path(args.data), cache, log=log)
     elif args.stage in NAMES:
         train(args.stage, args.minutes, cache, args.threads, args.batch, lr=args.lr, seed=args.seed, log=log,
-              train_on=tuple(args.train_on), mit_frame=args.mit_frame)
+              train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps)
     elif args.stage == "mine":
         mine(cache, log=log)
     elif args.stage == "mine-detections":
