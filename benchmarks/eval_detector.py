@@ -195,7 +195,7 @@ def cand_recall(rows_list, gts, mpp, c, t):
 def choose(sets, rows_by, c, domains):
     """Candidate threshold: the highest with candidate recall >= 0.97 on every domain; class
     thresholds: the best mean F1 over the domains ("balanced") and the highest with recall >= 0.9
-    on every domain ("screening")."""
+    on every domain, but not above balanced ("screening")."""
     cand = {}
     for t in CAND_GRID:
         cand[t] = {}
@@ -211,7 +211,8 @@ def choose(sets, rows_by, c, domains):
     mean_f1 = {t: float(np.mean([v["f1"] for v in cv.values()])) for t, cv in curves.items()}
     t_bal = max(mean_f1, key=lambda t: (mean_f1[t], t))
     scr = [t for t, cv in curves.items() if all(v["recall"] >= 0.9 for v in cv.values())]
-    t_scr = max(scr) if scr else float(min(CLS_GRID))
+    # never stricter than balanced: a reviewer who picks "screening" expects more detections, not fewer
+    t_scr = min(max(scr) if scr else float(min(CLS_GRID)), t_bal)
     return dict(candidate=t_cand, candidate_table={str(k): v for k, v in cand.items()}, balanced=t_bal, screening=t_scr,
                 balanced_metrics=curves[t_bal], screening_metrics=curves[t_scr], mean_f1_balanced=mean_f1[t_bal],
                 curve={f"{t:.2f}": {d: round(v["f1"], 4) for d, v in cv.items()} for t, cv in curves.items()})

@@ -593,7 +593,7 @@ def card(name, spec, op) -> str:
                   for o in (mit, gran) for dom, m in o["candidate_table"][str(o["candidate"])].items()), "",
               "## Operating points", "",
               f"- balanced (default): mitotic figure {mit['balanced']:.2f}, granulocyte {gran['balanced']:.2f}: the best mean F1 over the validation domains;",
-              f"- screening: mitotic figure {mit['screening']:.2f}, granulocyte {gran['screening']:.2f}: the highest thresholds with recall >= 0.9 on every validation domain;",
+              f"- screening: mitotic figure {mit['screening']:.2f}, granulocyte {gran['screening']:.2f}: the highest thresholds with recall >= 0.9 on every validation domain, never above balanced;",
               f"- candidates: mitotic figure {mit['candidate']}, granulocyte {gran['candidate']}: the highest with candidate recall >= 0.97 on every validation domain.", "",
               "## Training", "",
               f"Steps {spec.training['steps']}, batch {spec.training['batch']}, AdamW, lr 1e-3 with warm-up and cosine, "
