@@ -267,19 +267,20 @@ def cmd_profile_dense(args):
     torch.set_num_threads(1)
     slide = open_slide(args.slide)
     params = make_params(device="cpu")
-    (cls, cspec), (dense, _) = load_models(params)
+    (cls, cspec), (dense, dspec) = load_models(params)
+    stride = int(dspec.config.get("out_stride", 4))
     tiles = plan_tiles(slide)[: args.tiles]
     detect_tile(slide, *tiles[0], params, slide.mpp)  # models loaded, caches warm
     cost = dict(read=0.0, dense=0.0, peaks=0.0, crops=0.0, classify=0.0, decode=0.0)
     n_cand = n_cls = 0
     for t in tiles:
         t0 = time.perf_counter()
-        rgb, ox, oy, ds, m = read_screening(slide, *t, slide.mpp, params.screen_mpp, DENSE_HALO_UM)
+        rgb, ox, oy, ds, m = read_screening(slide, *t, slide.mpp, float(dspec.mpp), DENSE_HALO_UM)
         t1 = time.perf_counter()
-        prob = dense_probabilities(dense, rgb)
+        prob = dense_probabilities(dense, rgb, stride)
         t2 = time.perf_counter()
         xy, vals = dense_candidates(prob, [params.thr("detect_candidate_mitotic_figure"),
-                                           params.thr("detect_candidate_granulocyte")])
+                                           params.thr("detect_candidate_granulocyte")], merge_px=4.0 / m, stride=stride)
         need = needs_classifier(vals, params)
         xy0 = np.column_stack([ox + (xy[need, 0] + 0.5) * ds - 0.5, oy + (xy[need, 1] + 0.5) * ds - 0.5])
         t3 = time.perf_counter()

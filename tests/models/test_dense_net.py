@@ -33,3 +33,33 @@ def test_candidates_are_peaks_above_their_class_threshold_merged_across_classes(
     assert np.allclose(v[0], (0.9, 0.0)) and np.allclose(v[1], (0.0, 0.35))
     xy, _ = dense_candidates(p, (0.1, 0.5))  # a lower mitosis threshold lets the weak peak in,
     assert np.allclose(xy, [(21.5, 21.5), (9.5, 41.5)])  # a higher granulocyte one keeps the weak one out
+
+
+def test_the_half_stride_design_gives_maps_at_the_same_pixel_size_from_a_coarser_input():
+    # out_stride=2 runs on 1.0 um/px input: a tile of the same area has half the side, and the
+    # maps come out the same size as the 0.5 um/px design's.
+    fine, coarse = build_cell_dense().eval(), build_cell_dense(out_stride=2).eval()
+    assert coarse.stride == 2
+    img = np.full((128, 96, 3), 200, np.uint8)
+    p4 = dense_probabilities(fine, img)
+    p2 = dense_probabilities(coarse, img[::2, ::2], stride=2)
+    assert p4.shape == p2.shape == (2, 32, 24)
+    for h, w in ((70, 133), (9, 300)):
+        assert dense_probabilities(coarse, np.full((h, w, 3), 200, np.uint8), stride=2).shape == (2, -(-h // 2), -(-w // 2))
+
+
+def test_half_stride_candidates_are_in_input_pixels_and_merge_at_4_um():
+    p = np.zeros((2, 20, 20), np.float32)
+    p[0, 5, 5] = 0.9
+    p[1, 5, 6] = 0.6  # 2 um away: one candidate
+    p[1, 5, 8] = 0.5  # 6 um away from the mitosis peak: its own candidate
+    xy, v = dense_candidates(p, (0.3, 0.3), stride=2)
+    assert np.allclose(xy, [(10.5, 10.5), (16.5, 10.5)])
+    assert np.allclose(v[:, 0], (0.9, 0.0))
+
+
+def test_an_unknown_stride_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="out_stride"):
+        CellDense(out_stride=3)

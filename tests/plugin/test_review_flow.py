@@ -34,7 +34,13 @@ def _cells(n, seed=0, w=2200, h=2900):
 
 
 # ------------------------------------------------------------------ 8: a million detections
-def test_edits_stay_interactive_with_a_million_detections(make_napari_viewer, qtbot, tmp_path):
+def test_edits_stay_interactive_with_a_million_detections(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """An edit with a million detections touches its rows only (no rebuild of the layer) and saves in
+    the background (the edit-time figures are measured by benchmarks/bench_review.py, not here)."""
+    import threading
+
+    from napari_mitosis.io import sidecar
+
     slide_path = _link(shared_file(*CMU), tmp_path / "slides")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
@@ -42,16 +48,21 @@ def test_edits_stay_interactive_with_a_million_detections(make_napari_viewer, qt
     r = widget.review
     r.add_model_detections(_cells(10**6))
     r.flush()
+    rebuilds, saves = [], []
+    real_rebuild, real_save = type(r)._rebuild, sidecar.save_review
+    monkeypatch.setattr(type(r), "_rebuild", lambda self, *a: (rebuilds.append(1), real_rebuild(self, *a))[1])
+    monkeypatch.setattr(sidecar, "save_review",
+                        lambda *a, **k: (saves.append(threading.current_thread().name), real_save(*a, **k))[1])
+    gui = threading.current_thread().name
     r.layer.selected_data = {5}
-    times = {}
-    for name, edit in [("confirm", r.confirm), ("class", lambda: r.set_class("granulocyte")), ("remove", r.remove),
-                       ("add", lambda: r.add_at(np.asarray(r.layer.data_to_world((100.0, 100.0))))), ("undo", r.undo)]:
-        t = time.perf_counter()
+    for edit in (r.confirm, lambda: r.set_class("granulocyte"), r.remove,
+                 lambda: r.add_at(np.asarray(r.layer.data_to_world((100.0, 100.0)))), r.undo):
         edit()
-        times[name] = time.perf_counter() - t
         r.layer.selected_data = {7}
-    # before: 15-60 s each (a full JSON save and a rebuild of the layer on the GUI thread)
-    assert max(times.values()) < 4.0, times
+    # before: 15-60 s each, a full JSON save and a rebuild of the layer on the GUI thread per key press
+    assert rebuilds == [], "an edit rebuilt the whole layer"
+    qtbot.waitUntil(lambda: not r.saver.busy, timeout=120_000)
+    assert saves and gui not in saves, saves
     # the layer shows what the review holds
     assert len(r.layer.data) == len(r.state.df)
     np.testing.assert_array_equal(r.layer.features["id"].to_numpy(), r.state.df["id"].to_numpy())

@@ -3,7 +3,7 @@
 Default pipeline (``candidates="dense"``; per tile, tiles are independent tasks, see
 :mod:`.analyze`)::
 
-    tissue mask -> tiles of TILE_UM um (with a DENSE_HALO_UM halo) read at 0.5 um/px
+    tissue mask -> tiles of TILE_UM um (with a DENSE_HALO_UM halo) read at cell-dense's pixel size
       -> optional stain normalisation
       -> cell-dense (models/dense_net.py): mitotic-figure and granulocyte likelihood maps at
          2 um/px; their peaks above ``detect_candidate_<class>`` are the candidates
@@ -410,14 +410,16 @@ def dense_tile_candidates(slide, x: int, y: int, w: int, h: int, slide_mpp: floa
     from ..models.dense_net import dense_candidates, dense_probabilities
 
     cols = ["x", "y", *DENSE_COLUMNS]
-    rgb, ox, oy, ds, m = read_screening(slide, x, y, w, h, slide_mpp, params.screen_mpp, DENSE_HALO_UM)
+    net, spec = load_models(params)[1]
+    stride = int(spec.config.get("out_stride", 4))  # the maps are at 2 um/px: 0.5 um/px / 4 or 1.0 um/px / 2
+    rgb, ox, oy, ds, m = read_screening(slide, x, y, w, h, slide_mpp, float(spec.mpp), DENSE_HALO_UM)
     if is_background_od(optical_density(rgb)):
         return pd.DataFrame(columns=cols, dtype=float), 0, True
     if params.normalizer is not None:
         rgb = params.normalizer.transform(rgb, source=params.norm_source, mpp=m)
-    net, _ = load_models(params)[1]
-    prob = dense_probabilities(net, rgb)
-    xy, vals = dense_candidates(prob, [params.thr(f"detect_candidate_{c}") for c in ("mitotic_figure", "granulocyte")])
+    prob = dense_probabilities(net, rgb, stride)
+    xy, vals = dense_candidates(prob, [params.thr(f"detect_candidate_{c}") for c in ("mitotic_figure", "granulocyte")],
+                                merge_px=4.0 / m, stride=stride)
     gx, gy = ox + (xy[:, 0] + 0.5) * ds - 0.5, oy + (xy[:, 1] + 0.5) * ds - 0.5  # level-0 px
     own = (gx >= x - 0.5) & (gx < x + w - 0.5) & (gy >= y - 0.5) & (gy < y + h - 0.5)
     df = pd.DataFrame({"x": gx[own], "y": gy[own], DENSE_COLUMNS[0]: vals[own, 0], DENSE_COLUMNS[1]: vals[own, 1]})

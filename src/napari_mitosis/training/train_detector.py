@@ -34,7 +34,7 @@ from ..models.dense_net import dense_candidates, dense_probabilities
 from ..models.effnet import load_imagenet
 from ..models.tensors import rgb_to_tensor
 from .cell_data import find_nuclei
-from .detector_data import CLS_MPP, DEFAULT_CACHE, DEFAULT_DATA, DENSE_MPP, build_cache, load_cache
+from .detector_data import CLS_MPP, DEFAULT_CACHE, DEFAULT_DATA, DENSE_MPP, build_cache, load_cache, rescale
 
 CACHE = DEFAULT_CACHE
 CKPT = DEFAULT_CACHE / "ckpt"
@@ -42,6 +42,10 @@ NAMES = {"dense": "cell-dense", "classifier": "cell-effnet"}
 HOLDOUT_DOMAINS = {"atnorm_br", "amibr_hamamatsu_s360"}
 HOLDOUT_GROUPS = {"mitos14/A03_03", "eoe/13_12", "eoe/13_14", "eoe/15_13", "eoe/16_10", "eoe/17_12", "eoe/17_13", "eoe/19_11"}
 HOLDOUT_NUCLEI = 10  # the first N MoNuSeg images are validation fields (never trained on)
+#: The cell-dense design trained here: input pixel size (um/px) and output stride. The maps are at
+#: 2 um/px either way; 1.0 um/px with stride 2 runs four times fewer pixels than 0.5 with stride 4.
+#: The cache keeps its images at DENSE_MPP (0.5 um/px): samples are resampled on the fly.
+DENSE_DESIGN = {"mpp": 1.0, "out_stride": 2}
 
 
 def holdout_mask(meta, train_on=()) -> np.ndarray:
@@ -139,12 +143,17 @@ def gaussian_target(pts_by_class, size, stride=4, sigma=1.0):
 
 
 class DenseSampler:
-    SIZE = 64
+    """Patches of 32 um (64 px at 0.5 um/px, 32 px at 1.0) with Gaussian targets on the 2 um/px
+    map grid, from the cached images at DENSE_MPP resampled to the network's ``mpp``."""
 
-    def __init__(self, imgs, meta, rng, train=True, hold=None):
+    FIELD_UM = 32.0
+
+    def __init__(self, imgs, meta, rng, train=True, hold=None, mpp: float = DENSE_MPP, stride: int = 4):
         hold = holdout_mask(meta) if hold is None else hold
         keep = ~hold if train else hold
         self.imgs, self.meta, self.rng = imgs, meta, rng
+        self.zoom, self.stride = DENSE_MPP / mpp, int(stride)
+        self.SIZE = int(round(self.FIELD_UM / mpp))
         idx = np.nonzero(keep)[0]
         kinds = {
             "crop": idx[(meta.kind.to_numpy()[idx] == "crop")],
@@ -163,7 +172,7 @@ class DenseSampler:
         i = int(rng.choice(self.kinds[kind]))
         img, r = self.imgs[i], self.meta.iloc[i]
         h, w = img.shape[:2]
-        sc = SCALE_MITOS if kind == "mitos" else SCALE
+        sc = tuple(v * self.zoom for v in (SCALE_MITOS if kind == "mitos" else SCALE))
         if kind == "crop":
             cx, cy = (w - 1) / 2, (h - 1) / 2
             patch, m = warp(img, cx, cy, self.SIZE, rng, scale=sc, shift_px=14)
@@ -180,7 +189,7 @@ class DenseSampler:
         for key in ("mit", "gran"):
             p_ = np.asarray(r[key], float).reshape(-1, 2)
             pts.append(p_ @ m[:, :2].T + m[:, 2] if len(p_) else p_)
-        return colour_aug(patch, rng), gaussian_target(pts, self.SIZE)
+        return colour_aug(patch, rng), gaussian_target(pts, self.SIZE, stride=self.stride)
 
     def batch(self, n):
         xs, ts = zip(*(self.one() for _ in range(n)), strict=True)
@@ -291,7 +300,7 @@ def build_net(stage: str):
     from ..models.effnet import build_effnet_classifier
 
     if stage == "dense":
-        net = build_cell_dense()
+        net = build_cell_dense(out_stride=DENSE_DESIGN["out_stride"])
         return net, load_imagenet(net.encoder)
     net = build_effnet_classifier(n_classes=3, dropout=0.3)
     return net, load_imagenet(net)
@@ -312,6 +321,12 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
         say(f"resumed {path} at step {ck['step']}")
         return int(ck["step"])
     weights = WEIGHTS_DIR / f"{name}.pt"
+    if shipped and stage == "dense" and weights.exists():
+        spec = read_spec(name)
+        if spec.mpp != DENSE_DESIGN["mpp"] or spec.config.get("out_stride", 4) != DENSE_DESIGN["out_stride"]:
+            say(f"the shipped {name} is another design ({spec.mpp} um/px, stride {spec.config.get('out_stride', 4)}): "
+                "starting from ImageNet")
+            shipped = False
     if shipped and weights.exists():
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         step = int(read_spec(name).training.get("steps", 0))
@@ -338,7 +353,8 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     rng = np.random.default_rng(seed + int(time.time()) % 100000)
     if stage == "dense":
         imgs, meta = load_cache(cache, "dense")
-        sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on) if hold is None else hold)
+        sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on) if hold is None else hold,
+                               mpp=DENSE_DESIGN["mpp"], stride=DENSE_DESIGN["out_stride"])
         loss_fn = focal_loss
     else:
         imgs, meta = load_cache(cache, "cls")
@@ -363,6 +379,8 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     t0 = last = time.time()
     run = []
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
+    if stage == "dense":
+        extra.update(DENSE_DESIGN)
     if train_on:
         log(f"also training on the held-out groups {sorted(train_on)} (a final fit: their figures are no longer held out)")
     while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
@@ -406,10 +424,13 @@ def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
     imgs, meta = load_cache(cache, "dense")
     hold = holdout_mask(meta)
     rows = []
+    zoom, stride = DENSE_MPP / DENSE_DESIGN["mpp"], DENSE_DESIGN["out_stride"]
     for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
         if hold[i]:
             continue
-        xy, vals = dense_candidates(dense_probabilities(net, img), (threshold, threshold))
+        small = rescale(img, DENSE_MPP, DENSE_DESIGN["mpp"])
+        xy, vals = dense_candidates(dense_probabilities(net, small, stride), (threshold, threshold), stride=stride)
+        xy = (xy + 0.5) * (img.shape[1] / small.shape[1]) - 0.5 if zoom != 1 else xy  # cached image px
         if not len(xy):
             continue
         objs = np.vstack([np.asarray(v, float).reshape(-1, 2) for v in (r.mit, r.gran)])
@@ -506,7 +527,8 @@ def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
     final_fit = sorted(set(cck.get("train_on", [])) | set(dck.get("train_on", [])))
     if final_fit:  # trained on after the operating points were chosen: no longer held out
         split["trained_on_after_validation"] = final_fit
-    dense = build_cell_dense()
+    design = {"mpp": float(dck.get("mpp", DENSE_MPP)), "out_stride": int(dck.get("out_stride", 4))}
+    dense = build_cell_dense(out_stride=design["out_stride"])
     dense.load_state_dict(dck["model"])
     thr = {
         "detect_candidate_mitotic_figure": mit["candidate"], "detect_candidate_granulocyte": gran["candidate"],
@@ -526,7 +548,8 @@ def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
     metrics["lookalike/screening/share_detected"] = op["lookalike"]["screening"]
     dspec = ModelSpec(
         name="cell-dense", task="detection-candidates", builder="napari_mitosis.models.dense_net:build_cell_dense",
-        config={"width": 32}, mpp=0.5, patch_size=64, classes=["mitotic_figure", "granulocyte"],
+        config={"width": 32, "out_stride": design["out_stride"]}, mpp=design["mpp"],
+        patch_size=int(round(32 / design["mpp"])), classes=["mitotic_figure", "granulocyte"],
         thresholds={k: v for k, v in thr.items() if k.startswith("detect_candidate")},
         metrics={k: v for k, v in metrics.items() if "/candidates/" in k},
         training=dict(data="../shared/data", split=split, steps=int(dck["step"]), batch=int(dck.get("batch", 32)),
@@ -553,9 +576,11 @@ def card(name, spec, op) -> str:
     mit, gran = op["mitotic_figure"], op["granulocyte"]
     lines = [f"# {name}", ""]
     if name == "cell-dense":
-        lines += ["The detector's first stage: mitotic-figure and granulocyte likelihood maps (2 um/px) of a 0.5 um/px "
+        lines += [f"The detector's first stage: mitotic-figure and granulocyte likelihood maps (2 um/px) of a {spec.mpp:g} um/px "
                   "tile; their peaks are the candidates that cell-effnet classifies. EfficientNet-Lite0 blocks 0-4 "
-                  "(ImageNet weights at the start) and a two-level decoder, trained with a CenterNet focal loss on "
+                  "(ImageNet weights at the start) and a "
+                  + ("three-level decoder (stride 2)" if spec.config.get("out_stride", 4) == 2 else "two-level decoder")
+                  + ", trained with a CenterNet focal loss on "
                   "Gaussian targets (sigma 2 um).", ""]
     else:
         lines += ["The detector's second stage: an EfficientNet-Lite0 (ImageNet weights, fine-tuned) classifies a "
