@@ -266,7 +266,7 @@ def cmd_profile_dense(args):
 
     torch.set_num_threads(1)
     slide = open_slide(args.slide)
-    params = make_params(device="cpu")
+    params = make_params(device="cpu", model_folder=args.models, dense_folder=args.models)
     (cls, cspec), (dense, dspec) = load_models(params)
     stride = int(dspec.config.get("out_stride", 4))
     tiles = plan_tiles(slide)[: args.tiles]
@@ -368,6 +368,7 @@ if __name__ == "__main__":
     pd_ = sub.add_parser("profile-dense")
     pd_.add_argument("slide")
     pd_.add_argument("--tiles", type=int, default=12)
+    pd_.add_argument("--models", default=None, help="a folder of model files to profile instead of the shipped ones")
     pd_.set_defaults(func=cmd_profile_dense)
     pr = sub.add_parser("profile")
     pr.add_argument("slide")

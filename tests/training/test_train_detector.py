@@ -77,3 +77,68 @@ def test_stain_mix_up_takes_the_hue_of_training_images_only():
     s = T.ClsSampler([img, img], rows, meta, rng, stains=np.stack([own, blue]), p_restain=1.0)
     assert len(s.library) == 1 and np.allclose(s.library[0], own)
     assert T.stain_mix(img, np.full((2, 3), np.nan), s.library, rng) is img  # no vectors: unchanged
+
+
+def _one_crop_cache(size=96):
+    """One cached 0.5 um/px crop (a 'mitosis' crop: the object at its centre): a dark 8 um disc on a
+    fine 1 px checkerboard (texture that aliases when a 0.5 um/px image is warped by 0.5)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.where((yy + xx) % 2, 230, 170).astype(np.uint8)[..., None].repeat(3, 2)
+    c = (size - 1) / 2
+    img[(yy - c) ** 2 + (xx - c) ** 2 <= 8**2] = 40
+    meta = pd.DataFrame({"kind": ["crop"], "domain": ["amibr_aperio_cs2"], "group": ["amibr/x"],
+                         "mit": [[[c, c]]], "gran": [[]]})
+    return [img], meta
+
+
+def test_the_dense_sampler_puts_the_target_on_the_object_at_either_design(monkeypatch):
+    monkeypatch.setattr(T, "colour_aug", lambda x, rng: x)  # look at the geometry only
+    imgs, meta = _one_crop_cache()
+    for mpp, stride in ((0.5, 4), (1.0, 2)):
+        s = T.DenseSampler(imgs, meta, np.random.default_rng(0), hold=np.zeros(1, bool), mpp=mpp, stride=stride)
+        for _ in range(10):
+            x, t, fine = s.one()
+            assert x.shape == (int(32 / mpp),) * 2 + (3,) and t.shape == (2, 16, 16)  # 32 um, maps at 2 um/px
+            ty, tx = np.unravel_index(t[0].argmax(), t[0].shape)
+            assert t[0, ty, tx] > 0.5
+            dark = x[..., 0] < 100  # the disc, where the target says it is (within a map pixel)
+            ys, xs = np.nonzero(dark)
+            cy, cx = (ys.mean() + 0.5) * mpp / 2 - 0.5, (xs.mean() + 0.5) * mpp / 2 - 0.5
+            assert abs(cy - ty) <= 1 and abs(cx - tx) <= 1
+
+
+def test_the_coarse_design_sees_area_averaged_pixels_as_at_inference(monkeypatch):
+    # the checkerboard averages to grey at 1.0 um/px (as a slide's pyramid shows it); warping the
+    # 0.5 um/px image by 0.5 directly would keep a strong pixel pattern
+    monkeypatch.setattr(T, "colour_aug", lambda x, rng: x)
+    imgs, meta = _one_crop_cache(160)
+    s = T.DenseSampler(imgs, meta, np.random.default_rng(1), hold=np.zeros(1, bool), mpp=1.0, stride=2)
+    x, _, _ = s.one()
+    corner = x[:6, :6, 0].astype(float)  # background, away from the disc
+    assert corner.std() < 3, corner  # warping by 0.5 directly: 9-10
+
+
+def test_distillation_loss_is_zero_when_the_maps_agree_and_grows_as_they_part():
+    t = torch.full((1, 2, 4, 4), 0.01)
+    t[0, 0, 1, 2] = 0.9
+    y = torch.zeros_like(t)
+    y[0, 0, 1, 2] = 1.0
+    same = T.distill_loss(torch.logit(t), t, y)
+    assert abs(float(same)) < 1e-4
+    off = T.distill_loss(torch.logit(t.roll(1, dims=-1)), t, y)
+    further = T.distill_loss(torch.full_like(t, -9.0), t, y)
+    assert 0 < float(off) and 0 < float(further)
+
+
+def test_the_coarse_sampler_keeps_the_fine_patch_for_a_teacher_on_the_same_map_grid(monkeypatch):
+    monkeypatch.setattr(T, "colour_aug", lambda x, rng: x)
+    imgs, meta = _one_crop_cache()
+    s = T.DenseSampler(imgs, meta, np.random.default_rng(0), hold=np.zeros(1, bool), mpp=1.0, stride=2, keep_fine=True)
+    x, t, fine = s.batch(3)
+    assert x.shape == (3, 3, 32, 32) and fine.shape == (3, 3, 64, 64) and t.shape == (3, 2, 16, 16)
+    # the coarse input is the fine patch averaged 2 x 2
+    assert torch.allclose(x, torch.nn.functional.avg_pool2d(fine, 2), atol=2 / 255)
+    import pytest
+
+    with pytest.raises(ValueError, match="2.0 um/px"):
+        T.DenseSampler(imgs, meta, np.random.default_rng(0), hold=np.zeros(1, bool), mpp=0.75, stride=2)

@@ -143,16 +143,26 @@ def gaussian_target(pts_by_class, size, stride=4, sigma=1.0):
 
 
 class DenseSampler:
-    """Patches of 32 um (64 px at 0.5 um/px, 32 px at 1.0) with Gaussian targets on the 2 um/px
-    map grid, from the cached images at DENSE_MPP resampled to the network's ``mpp``."""
+    """Patches of 32 um with Gaussian targets on the 2 um/px map grid (16 x 16). A patch is cut
+    from the cached 0.5 um/px image (64 px: rotation, flip, scale, colour augmentation) and, for
+    the coarse design (``mpp`` 1.0, stride 2), shrunk to 32 px by area averaging, as a slide's
+    pyramid and ``read_screening`` shrink it at inference (warping the 0.5 um/px image by 0.5
+    directly would alias: sharper, noisier cells than the network sees on a slide). ``batch``
+    also returns the 0.5 um/px patches when ``keep_fine`` (for a stride-4 teacher: same map grid)."""
 
     FIELD_UM = 32.0
 
-    def __init__(self, imgs, meta, rng, train=True, hold=None, mpp: float = DENSE_MPP, stride: int = 4):
+    def __init__(self, imgs, meta, rng, train=True, hold=None, mpp: float = DENSE_MPP, stride: int = 4,
+                 keep_fine: bool = False):
+        from ..models.dense_net import MAP_MPP
+
+        if abs(mpp * stride - MAP_MPP) > 1e-6 or mpp < DENSE_MPP:
+            raise ValueError(f"a cell-dense design has its maps at {MAP_MPP} um/px: mpp {mpp} with stride {stride}")
         hold = holdout_mask(meta) if hold is None else hold
         keep = ~hold if train else hold
         self.imgs, self.meta, self.rng = imgs, meta, rng
-        self.zoom, self.stride = DENSE_MPP / mpp, int(stride)
+        self.mpp, self.stride, self.keep_fine = float(mpp), int(stride), keep_fine
+        self.FINE = int(round(self.FIELD_UM / DENSE_MPP))
         self.SIZE = int(round(self.FIELD_UM / mpp))
         idx = np.nonzero(keep)[0]
         kinds = {
@@ -164,7 +174,8 @@ class DenseSampler:
         self.kinds = {k: v for k, v in kinds.items() if len(v)}
         self.p = {"crop": 0.45, "mitos": 0.15, "eoe": 0.2, "nuclei": 0.2}
 
-    def one(self):
+    def fine(self):
+        """One 0.5 um/px patch (augmented) and its targets on the map grid."""
         rng = self.rng
         names = list(self.kinds)
         p = np.array([self.p[k] for k in names])
@@ -172,28 +183,59 @@ class DenseSampler:
         i = int(rng.choice(self.kinds[kind]))
         img, r = self.imgs[i], self.meta.iloc[i]
         h, w = img.shape[:2]
-        sc = tuple(v * self.zoom for v in (SCALE_MITOS if kind == "mitos" else SCALE))
+        sc = SCALE_MITOS if kind == "mitos" else SCALE
+        size = self.FINE
         if kind == "crop":
             cx, cy = (w - 1) / 2, (h - 1) / 2
-            patch, m = warp(img, cx, cy, self.SIZE, rng, scale=sc, shift_px=14)
+            patch, m = warp(img, cx, cy, size, rng, scale=sc, shift_px=14)
         elif kind == "mitos" and len(r.mit) and rng.random() < 0.6:
             x, y = r.mit[rng.integers(len(r.mit))]
-            patch, m = warp(img, x, y, self.SIZE, rng, scale=sc, shift_px=24)
+            patch, m = warp(img, x, y, size, rng, scale=sc, shift_px=24)
         elif kind == "eoe" and len(r.gran) and rng.random() < 0.6:
             x, y = r.gran[rng.integers(len(r.gran))]
-            patch, m = warp(img, x, y, self.SIZE, rng, scale=sc, shift_px=24)
+            patch, m = warp(img, x, y, size, rng, scale=sc, shift_px=24)
         else:
             cx, cy = rng.uniform(32, max(33, w - 32)), rng.uniform(32, max(33, h - 32))
-            patch, m = warp(img, cx, cy, self.SIZE, rng, scale=sc)
+            patch, m = warp(img, cx, cy, size, rng, scale=sc)
         pts = []
         for key in ("mit", "gran"):
             p_ = np.asarray(r[key], float).reshape(-1, 2)
             pts.append(p_ @ m[:, :2].T + m[:, 2] if len(p_) else p_)
-        return colour_aug(patch, rng), gaussian_target(pts, self.SIZE, stride=self.stride)
+        return colour_aug(patch, rng), gaussian_target(pts, size, stride=int(round(size / 16)))
+
+    def one(self):
+        """(network input, targets, the 0.5 um/px patch)."""
+        fine, target = self.fine()
+        x = fine if self.SIZE == self.FINE else cv2.resize(fine, (self.SIZE, self.SIZE), interpolation=cv2.INTER_AREA)
+        return x, target, fine
 
     def batch(self, n):
-        xs, ts = zip(*(self.one() for _ in range(n)), strict=True)
-        return to_tensor(np.stack(xs)), torch.from_numpy(np.stack(ts))
+        xs, ts, fs = zip(*(self.one() for _ in range(n)), strict=True)
+        out = (to_tensor(np.stack(xs)), torch.from_numpy(np.stack(ts)))
+        return (*out, to_tensor(np.stack(fs))) if self.keep_fine else out
+
+
+def distill_loss(logits, teacher_p, target):
+    """Binary cross-entropy of the maps against a teacher's likelihoods, less the teacher's own
+    entropy (0 when they agree), summed and divided by the number of labelled objects as the focal loss."""
+    t = teacher_p.clamp(1e-4, 1 - 1e-4)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    ent = -(t * torch.log(t) + (1 - t) * torch.log(1 - t))
+    return (bce - ent).sum() / target.eq(1).float().sum().clamp(min=1.0)
+
+
+def load_teacher(folder: str | None = None):
+    """A 0.5 um/px, stride-4 cell-dense (fp32, eval mode) from ``folder`` (default: the shipped one)."""
+    from ..models.registry import WEIGHTS_DIR, load_model
+
+    net, spec = load_model("cell-dense", device="cpu", folder=Path(folder) if folder else WEIGHTS_DIR)
+    if abs(spec.mpp - DENSE_MPP) > 1e-6 or int(spec.config.get("out_stride", 4)) != 4:
+        raise SystemExit(f"the teacher must be a {DENSE_MPP} um/px, stride-4 cell-dense; {folder or 'the shipped one'} is "
+                         f"{spec.mpp} um/px, stride {spec.config.get('out_stride', 4)} (pass --teacher FOLDER)")
+    net = net.float().eval()
+    for q in net.parameters():
+        q.requires_grad_(False)
+    return net
 
 
 def focal_loss(logits, target, alpha=2.0, beta=4.0):
@@ -338,14 +380,16 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
 def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
           seed: int = 0, every: float = 3.0, log=print, train_on=(), mit_frame: float | None = None,
           hold: np.ndarray | None = None, max_steps: int | None = None, warm_start: bool = True,
-          restain_p: float = 0.0) -> int:
+          restain_p: float = 0.0, distill: float = 0.0, teacher: str | None = None) -> int:
     """Train one stage for ``minutes``, checkpointing every ``every`` minutes; returns the step.
     ``train_on``: held-out groups trained on too (recorded in the checkpoint); ``mit_frame``: the
     classifier's sampling share of full-frame mitoses (default: the sampler's). ``hold``: images
     never trained on (default ``holdout_mask``; a leave-one-domain-out fold passes its own);
     ``max_steps``: stop at this step too; ``warm_start=False``: without a checkpoint start from
     ImageNet, not from the shipped weights (which have seen every training domain). ``restain_p``:
-    the classifier's share of stain mix-up samples (:func:`stain_mix`)."""
+    the classifier's share of stain mix-up samples (:func:`stain_mix`). ``distill``: for the coarse
+    cell-dense design, the weight of matching the maps of a 0.5 um/px, stride-4 cell-dense
+    (``teacher``: a folder with its model files; default the shipped one) on the same patches."""
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     ckpt_dir = Path(cache) / "ckpt"
@@ -354,8 +398,16 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     if stage == "dense":
         imgs, meta = load_cache(cache, "dense")
         sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on) if hold is None else hold,
-                               mpp=DENSE_DESIGN["mpp"], stride=DENSE_DESIGN["out_stride"])
+                               mpp=DENSE_DESIGN["mpp"], stride=DENSE_DESIGN["out_stride"], keep_fine=bool(distill))
         loss_fn = focal_loss
+        if distill:
+            teach = load_teacher(teacher)
+            log(f"distilling the maps of {teacher or 'the shipped cell-dense'} (weight {distill:g})")
+
+            def loss_fn(out, y, fine):  # noqa: F811
+                with torch.no_grad():
+                    t = torch.sigmoid(teach(fine.float()))
+                return focal_loss(out, y) + distill * distill_loss(out, t, y)
     else:
         imgs, meta = load_cache(cache, "cls")
         rows = cls_points(imgs, meta, Path(cache) / "cls_points.npz")
@@ -381,13 +433,15 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
     if stage == "dense":
         extra.update(DENSE_DESIGN)
+        if distill:
+            extra["distill"] = float(distill)
     if train_on:
         log(f"also training on the held-out groups {sorted(train_on)} (a final fit: their figures are no longer held out)")
     while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr)
-        x, y = sampler.batch(batch)
-        loss = loss_fn(net(x), y)
+        x, y, *fine = sampler.batch(batch)
+        loss = loss_fn(net(x), y, *fine)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -654,6 +708,10 @@ def configure(ap) -> None:
                     help="classifier: share of samples re-rendered with another training image's stain vectors "
                          "(stain mix-up; default 0)")
     ap.add_argument("--max-steps", type=int, default=None, help="stop at this step (e.g. before the lr's warm restart)")
+    ap.add_argument("--distill", type=float, default=0.0, metavar="W",
+                    help="dense: weight of matching a 0.5 um/px stride-4 cell-dense's maps (default 0: labels only)")
+    ap.add_argument("--teacher", default=None, metavar="FOLDER",
+                    help="dense: the folder of the teacher cell-dense (default: the shipped one)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -674,7 +732,8 @@ def run_stage(args) -> int:
         build_cache(Path(args.data), cache, log=log)
     elif args.stage in NAMES:
         train(args.stage, args.minutes, cache, args.threads, args.batch, lr=args.lr, seed=args.seed, log=log,
-              train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps)
+              train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps,
+              distill=args.distill, teacher=args.teacher)
     elif args.stage == "mine":
         mine(cache, log=log)
     elif args.stage == "mine-detections":
