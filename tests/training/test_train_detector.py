@@ -142,3 +142,18 @@ def test_the_coarse_sampler_keeps_the_fine_patch_for_a_teacher_on_the_same_map_g
 
     with pytest.raises(ValueError, match="2.0 um/px"):
         T.DenseSampler(imgs, meta, np.random.default_rng(0), hold=np.zeros(1, bool), mpp=0.75, stride=2)
+
+
+def test_a_committed_weights_only_checkpoint_resumes_at_its_step(tmp_path):
+    # the form committed to the repository: fp16 weights and the step, no optimiser state
+    from napari_mitosis.models.dense_net import build_cell_dense
+
+    src = build_cell_dense(out_stride=2)
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"model": {k: v.half() if v.is_floating_point() else v for k, v in src.state_dict().items()},
+                "step": 40000, "mpp": 1.0, "out_stride": 2}, tmp_path / "ckpt" / "cell-dense.pt")
+    net = build_cell_dense(out_stride=2)
+    opt = torch.optim.AdamW(net.parameters())
+    assert T.resume("dense", net, opt, tmp_path / "ckpt", say=lambda m: None) == 40000
+    w = src.state_dict()["out.weight"]
+    assert torch.allclose(net.state_dict()["out.weight"], w.half().float())

@@ -358,9 +358,10 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
     path = ckpt_dir / f"{name}.pt"
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        say(f"resumed {path} at step {ck['step']}")
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+        if "opt" in ck:
+            opt.load_state_dict(ck["opt"])
+        say(f"resumed {path} at step {ck['step']}" + ("" if "opt" in ck else " (weights only: optimiser state starts afresh)"))
         return int(ck["step"])
     weights = WEIGHTS_DIR / f"{name}.pt"
     if shipped and stage == "dense" and weights.exists():
