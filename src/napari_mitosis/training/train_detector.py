@@ -2,6 +2,7 @@
 
     napari-mitosis train detector --stage data                 # cache the images (a minute)
     napari-mitosis train detector --stage dense --minutes 120  # the dense first stage
+    napari-mitosis train detector --stage dense --design coarse --distill 1.0   # 1.0 um/px, taught by the shipped one
     napari-mitosis train detector --stage mine                 # its false candidates: hard negatives
     napari-mitosis train detector --stage mine-detections      # the detector's false detections: more
     napari-mitosis train detector --stage classifier --minutes 240
@@ -42,10 +43,10 @@ NAMES = {"dense": "cell-dense", "classifier": "cell-effnet"}
 HOLDOUT_DOMAINS = {"atnorm_br", "amibr_hamamatsu_s360"}
 HOLDOUT_GROUPS = {"mitos14/A03_03", "eoe/13_12", "eoe/13_14", "eoe/15_13", "eoe/16_10", "eoe/17_12", "eoe/17_13", "eoe/19_11"}
 HOLDOUT_NUCLEI = 10  # the first N MoNuSeg images are validation fields (never trained on)
-#: The cell-dense design trained here: input pixel size (um/px) and output stride. The maps are at
-#: 2 um/px either way; 1.0 um/px with stride 2 runs four times fewer pixels than 0.5 with stride 4.
-#: The cache keeps its images at DENSE_MPP (0.5 um/px): samples are resampled on the fly.
-DENSE_DESIGN = {"mpp": 1.0, "out_stride": 2}
+#: The cell-dense designs: input pixel size (um/px) and output stride. The maps are at 2 um/px
+#: either way; "coarse" (1.0 um/px, stride 2) runs four times fewer pixels than "fine" (the shipped
+#: one; docs/detection.md measures both). The cache keeps its images at DENSE_MPP (0.5 um/px).
+DENSE_DESIGNS = {"fine": {"mpp": DENSE_MPP, "out_stride": 4}, "coarse": {"mpp": 1.0, "out_stride": 2}}
 
 
 def holdout_mask(meta, train_on=()) -> np.ndarray:
@@ -336,19 +337,20 @@ def lr_at(step, base, warm=200, period=20000):
     return base * (0.55 + 0.45 * math.cos(math.pi * ((step - warm) % period) / period))
 
 
-def build_net(stage: str):
-    """The untrained network of a stage, ImageNet weights loaded; returns (net, names not loaded)."""
+def build_net(stage: str, design: str = "fine"):
+    """The untrained network of a stage (cell-dense of ``design``), ImageNet weights loaded;
+    returns (net, names not loaded)."""
     from ..models.dense_net import build_cell_dense
     from ..models.effnet import build_effnet_classifier
 
     if stage == "dense":
-        net = build_cell_dense(out_stride=DENSE_DESIGN["out_stride"])
+        net = build_cell_dense(out_stride=DENSE_DESIGNS[design]["out_stride"])
         return net, load_imagenet(net.encoder)
     net = build_effnet_classifier(n_classes=3, dropout=0.3)
     return net, load_imagenet(net)
 
 
-def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True) -> int:
+def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True, design: str = "fine") -> int:
     """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser, step) when it exists, else warm-start
     from the shipped weights (fp16, the step in their spec; ``shipped=False``: keep the ImageNet
     start); returns the step."""
@@ -366,7 +368,8 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
     weights = WEIGHTS_DIR / f"{name}.pt"
     if shipped and stage == "dense" and weights.exists():
         spec = read_spec(name)
-        if spec.mpp != DENSE_DESIGN["mpp"] or spec.config.get("out_stride", 4) != DENSE_DESIGN["out_stride"]:
+        want = DENSE_DESIGNS[design]
+        if spec.mpp != want["mpp"] or spec.config.get("out_stride", 4) != want["out_stride"]:
             say(f"the shipped {name} is another design ({spec.mpp} um/px, stride {spec.config.get('out_stride', 4)}): "
                 "starting from ImageNet")
             shipped = False
@@ -381,7 +384,7 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
 def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
           seed: int = 0, every: float = 3.0, log=print, train_on=(), mit_frame: float | None = None,
           hold: np.ndarray | None = None, max_steps: int | None = None, warm_start: bool = True,
-          restain_p: float = 0.0, distill: float = 0.0, teacher: str | None = None) -> int:
+          restain_p: float = 0.0, distill: float = 0.0, teacher: str | None = None, design: str = "fine") -> int:
     """Train one stage for ``minutes``, checkpointing every ``every`` minutes; returns the step.
     ``train_on``: held-out groups trained on too (recorded in the checkpoint); ``mit_frame``: the
     classifier's sampling share of full-frame mitoses (default: the sampler's). ``hold``: images
@@ -390,7 +393,10 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     ImageNet, not from the shipped weights (which have seen every training domain). ``restain_p``:
     the classifier's share of stain mix-up samples (:func:`stain_mix`). ``distill``: for the coarse
     cell-dense design, the weight of matching the maps of a 0.5 um/px, stride-4 cell-dense
-    (``teacher``: a folder with its model files; default the shipped one) on the same patches."""
+    (``teacher``: a folder with its model files; default the shipped one) on the same patches.
+    ``design``: the cell-dense design (:data:`DENSE_DESIGNS`; a checkpoint of another one is refused)."""
+    if design not in DENSE_DESIGNS:
+        raise SystemExit(f"--design must be one of {', '.join(DENSE_DESIGNS)}, got {design!r}")
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     ckpt_dir = Path(cache) / "ckpt"
@@ -399,7 +405,8 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     if stage == "dense":
         imgs, meta = load_cache(cache, "dense")
         sampler = DenseSampler(imgs, meta, rng, hold=holdout_mask(meta, train_on) if hold is None else hold,
-                               mpp=DENSE_DESIGN["mpp"], stride=DENSE_DESIGN["out_stride"], keep_fine=bool(distill))
+                               mpp=DENSE_DESIGNS[design]["mpp"], stride=DENSE_DESIGNS[design]["out_stride"],
+                               keep_fine=bool(distill))
         loss_fn = focal_loss
         if distill:
             teach = load_teacher(teacher)
@@ -424,16 +431,22 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
             sampler.p["mit_frame"] = float(mit_frame)
         log(f"classifier pools: { {k: len(v) for k, v in sampler.pools.items()} }")
         loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.05)  # noqa: E731
-    net, missing = build_net(stage)
+    net, missing = build_net(stage, design)
     log(f"{name}: not from ImageNet: {missing}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    step = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start)
+    if stage == "dense" and (ckpt_dir / f"{name}.pt").exists():
+        have = torch.load(ckpt_dir / f"{name}.pt", map_location="cpu", weights_only=True)
+        if int(have.get("out_stride", 4)) != DENSE_DESIGNS[design]["out_stride"]:
+            raise SystemExit(f"{ckpt_dir / name}.pt is a cell-dense of stride {have.get('out_stride', 4)}, not the "
+                             f"{design} design: pass --design {'coarse' if have.get('out_stride') == 2 else 'fine'} "
+                             "or move the checkpoint away")
+    step = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start, design=design)
     net.train()
     t0 = last = time.time()
     run = []
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
     if stage == "dense":
-        extra.update(DENSE_DESIGN)
+        extra.update(DENSE_DESIGNS[design])
         if distill:
             extra["distill"] = float(distill)
     if train_on:
@@ -473,17 +486,19 @@ def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
     at CLS_MPP in ``ckpt/mined.npz``: the classifier's hard negatives. Returns their number."""
     torch.set_num_threads(1)
     ckpt_dir = Path(cache) / "ckpt"
-    net, _ = build_net("dense")
-    net.load_state_dict(torch.load(ckpt_dir / "cell-dense.pt", map_location="cpu", weights_only=True)["model"])
+    ck = torch.load(ckpt_dir / "cell-dense.pt", map_location="cpu", weights_only=True)
+    mpp, stride = float(ck.get("mpp", DENSE_MPP)), int(ck.get("out_stride", 4))
+    net, _ = build_net("dense", "coarse" if stride == 2 else "fine")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
     net.eval()
     imgs, meta = load_cache(cache, "dense")
     hold = holdout_mask(meta)
     rows = []
-    zoom, stride = DENSE_MPP / DENSE_DESIGN["mpp"], DENSE_DESIGN["out_stride"]
+    zoom = DENSE_MPP / mpp
     for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
         if hold[i]:
             continue
-        small = rescale(img, DENSE_MPP, DENSE_DESIGN["mpp"])
+        small = rescale(img, DENSE_MPP, mpp)
         xy, vals = dense_candidates(dense_probabilities(net, small, stride), (threshold, threshold), stride=stride)
         xy = (xy + 0.5) * (img.shape[1] / small.shape[1]) - 0.5 if zoom != 1 else xy  # cached image px
         if not len(xy):
@@ -711,6 +726,8 @@ def configure(ap) -> None:
     ap.add_argument("--max-steps", type=int, default=None, help="stop at this step (e.g. before the lr's warm restart)")
     ap.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="dense: weight of matching a 0.5 um/px stride-4 cell-dense's maps (default 0: labels only)")
+    ap.add_argument("--design", default="fine", choices=sorted(DENSE_DESIGNS),
+                    help="dense: fine (0.5 um/px, stride 4; shipped) or coarse (1.0 um/px, stride 2; 4x fewer pixels)")
     ap.add_argument("--teacher", default=None, metavar="FOLDER",
                     help="dense: the folder of the teacher cell-dense (default: the shipped one)")
     ap.add_argument("--seed", type=int, default=0)
@@ -734,7 +751,7 @@ def run_stage(args) -> int:
     elif args.stage in NAMES:
         train(args.stage, args.minutes, cache, args.threads, args.batch, lr=args.lr, seed=args.seed, log=log,
               train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps,
-              distill=args.distill, teacher=args.teacher)
+              distill=args.distill, teacher=args.teacher, design=args.design)
     elif args.stage == "mine":
         mine(cache, log=log)
     elif args.stage == "mine-detections":
