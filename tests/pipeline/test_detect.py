@@ -413,3 +413,43 @@ def test_classifier_crops_are_centred_on_their_points_at_the_networks_pixel_size
     # the origins map crop pixels back to level 0: the centre pixel lands on the point
     centre = origin + (31.5 + 0.5) * per_px - 0.5
     assert np.abs(centre - pts).max() <= 0.5 * per_px + 0.5
+
+
+def test_both_cell_dense_designs_put_a_candidate_on_the_cell_in_level0_pixels(monkeypatch):
+    """The pipeline reads a tile at the dense model's own pixel size and maps the peaks of its
+    stride back to level-0 px: a stand-in network whose map is the darkness of each map pixel
+    (so its peak is the dark cell) must give the cell's level-0 position at 0.5 um/px / stride 4
+    and at 1.0 um/px / stride 2 alike."""
+    from types import SimpleNamespace
+
+    import dask.array as da
+    import torch
+
+    from napari_mitosis.io.slide import Slide
+    from napari_mitosis.pipeline import detect as D
+
+    yy, xx = np.mgrid[0:480, 0:480]
+    img = np.empty((480, 480, 3), np.uint8)
+    img[:] = (205, 150, 190)  # eosin-pink tissue, not background
+    dark = np.exp(-((yy - 130) ** 2 + (xx - 250) ** 2) / (2 * 12.0**2))[..., None]  # a dark cell, darkest at its centre
+    img[:] = np.round(img * (1 - dark) + np.array([60, 40, 110]) * dark).astype(np.uint8)
+    slide = Slide(path="field.png", levels=[da.from_array(img, chunks=(480, 480, 3))], mpp=0.25, format="image")
+
+    class Darkness(torch.nn.Module):
+        def __init__(self, stride):
+            super().__init__()
+            self.stride = stride
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # the pipeline asks a network for its device
+
+        def forward(self, x):
+            d = torch.nn.functional.avg_pool2d(1 - x.mean(1, keepdim=True), self.stride)
+            return torch.cat([12 * (d - 0.5), torch.full_like(d, -9.0)], 1)
+
+    params = make_params(device="cpu")
+    for mpp, stride in ((0.5, 4), (1.0, 2)):
+        spec = SimpleNamespace(mpp=mpp, config={"out_stride": stride})
+        monkeypatch.setattr(D, "load_models", lambda p, s=stride, sp=spec: (None, (Darkness(s), sp)))
+        df, n, background = D.dense_tile_candidates(slide, 0, 0, 480, 480, 0.25, params)
+        assert not background and n >= 1
+        best = df.sort_values(df.columns[2], ascending=False).iloc[0]
+        assert np.hypot(best.x - 250, best.y - 130) <= 8, (mpp, best.x, best.y)  # within 2 um
