@@ -162,9 +162,15 @@ def match(xy, score, gt, r_px) -> int:
     return tp
 
 
+DENSE_WEIGHT = 0.5  # the pipeline's; --dense-weights compares others
+
+
 def score_of(rows, c):
-    """The pipeline's detection score: sqrt(p_dense * p_classifier) (core/decision.py)."""
-    return np.sqrt(rows[:, 2 + c] * rows[:, 4 + c])
+    """The pipeline's detection score: sqrt(p_dense * p_classifier) (core/decision.py), or
+    p_dense**a * p_classifier**(1 - a) for another DENSE_WEIGHT a."""
+    if DENSE_WEIGHT == 0.5:
+        return np.sqrt(rows[:, 2 + c] * rows[:, 4 + c])
+    return rows[:, 2 + c] ** DENSE_WEIGHT * rows[:, 4 + c] ** (1 - DENSE_WEIGHT)
 
 
 def f1_at(rows_list, gts, mpp, c, t_cand, t_cls):
@@ -232,6 +238,9 @@ def main(argv=None):
     ap.add_argument("--model", default=None,
                     help="second stage on the same dense candidates, e.g. cell-gstn (the paper's guided STN) to "
                          "compare; results then go to benchmarks/detector_results_MODEL.json only")
+    ap.add_argument("--dense-weights", type=float, nargs="+", default=None, metavar="A",
+                    help="also print the balanced figures with the score p_dense**A * p_classifier**(1-A), thresholds "
+                         "re-chosen on the same rows, for each A (a comparison; nothing is written for them)")
     a = ap.parse_args(argv)
     import torch
 
@@ -274,6 +283,16 @@ def main(argv=None):
         for d, m in o["candidate_table"][str(o["candidate"])].items():
             print(f"  candidates {d:27s} recall {m['recall']:.3f}, {m['per_mm2']:.0f} per mm2")
     print(f"look-alikes detected: {la_bal:.3f} (balanced), {la_scr:.3f} (screening) of {n_la}")
+    global DENSE_WEIGHT
+    for w in a.dense_weights or ():
+        DENSE_WEIGHT = w
+        m = choose(sets, rows_by, 0, MIT_DOMAINS)
+        g = choose(sets, rows_by, 1, GRAN_DOMAINS)
+        la, _ = lookalike_share(sets, rows_by["lookalike"], m["candidate"], m["balanced"])
+        f1 = ", ".join(f"{d} {v['f1']:.3f}" for d, v in m["balanced_metrics"].items())
+        print(f"dense weight {w}: mitosis balanced {m['balanced']}: {f1}; eoe {g['balanced_metrics']['eoe']['f1']:.3f}; "
+              f"look-alikes {la:.3f}")
+    DENSE_WEIGHT = 0.5
 
 
 def placeholder_op():

@@ -140,7 +140,7 @@ def test_the_coarse_sampler_keeps_the_fine_patch_for_a_teacher_on_the_same_map_g
     assert torch.allclose(x, torch.nn.functional.avg_pool2d(fine, 2), atol=2 / 255)
     import pytest
 
-    with pytest.raises(ValueError, match="2.0 um/px"):
+    with pytest.raises(ValueError, match="no cell-dense design"):
         T.DenseSampler(imgs, meta, np.random.default_rng(0), hold=np.zeros(1, bool), mpp=0.75, stride=2)
 
 
@@ -154,6 +154,10 @@ def test_a_committed_weights_only_checkpoint_resumes_at_its_step(tmp_path):
                 "step": 40000, "mpp": 1.0, "out_stride": 2}, tmp_path / "ckpt" / "cell-dense.pt")
     net = build_cell_dense(out_stride=2)
     opt = torch.optim.AdamW(net.parameters())
-    assert T.resume("dense", net, opt, tmp_path / "ckpt", say=lambda m: None) == 40000
+    assert T.resume("dense", net, opt, tmp_path / "ckpt", say=lambda m: None, design="coarse") == 40000
     w = src.state_dict()["out.weight"]
     assert torch.allclose(net.state_dict()["out.weight"], w.half().float())
+    import pytest
+
+    with pytest.raises(SystemExit, match="--design coarse"):  # the default (fine) design refuses it, saying what to pass
+        T.resume("dense", build_cell_dense(), opt, tmp_path / "ckpt", say=lambda m: None)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.stain import hed_jitter, restain
-from ..models.dense_net import dense_candidates, dense_probabilities
+from ..models.dense_net import MAP_MPP, dense_candidates, dense_probabilities
 from ..models.effnet import load_imagenet
 from ..models.tensors import rgb_to_tensor
 from .cell_data import find_nuclei
@@ -47,6 +47,18 @@ HOLDOUT_NUCLEI = 10  # the first N MoNuSeg images are validation fields (never t
 #: either way; "coarse" (1.0 um/px, stride 2) runs four times fewer pixels than "fine" (the shipped
 #: one; docs/detection.md measures both). The cache keeps its images at DENSE_MPP (0.5 um/px).
 DENSE_DESIGNS = {"fine": {"mpp": DENSE_MPP, "out_stride": 4}, "coarse": {"mpp": 1.0, "out_stride": 2}}
+
+
+def design_of(mpp: float, out_stride: int = 4) -> str:
+    """The name in :data:`DENSE_DESIGNS` of a cell-dense with this input pixel size and stride.
+
+    >>> design_of(0.5, 4), design_of(1.0, 2)
+    ('fine', 'coarse')
+    """
+    for name, d in DENSE_DESIGNS.items():
+        if abs(float(mpp) - d["mpp"]) < 1e-6 and int(out_stride) == d["out_stride"]:
+            return name
+    raise ValueError(f"no cell-dense design has {mpp} um/px and stride {out_stride}")
 
 
 def holdout_mask(meta, train_on=()) -> np.ndarray:
@@ -155,16 +167,14 @@ class DenseSampler:
 
     def __init__(self, imgs, meta, rng, train=True, hold=None, mpp: float = DENSE_MPP, stride: int = 4,
                  keep_fine: bool = False):
-        from ..models.dense_net import MAP_MPP
-
-        if abs(mpp * stride - MAP_MPP) > 1e-6 or mpp < DENSE_MPP:
-            raise ValueError(f"a cell-dense design has its maps at {MAP_MPP} um/px: mpp {mpp} with stride {stride}")
+        design_of(mpp, stride)  # a known design (ValueError otherwise): maps at MAP_MPP
         hold = holdout_mask(meta) if hold is None else hold
         keep = ~hold if train else hold
         self.imgs, self.meta, self.rng = imgs, meta, rng
-        self.mpp, self.stride, self.keep_fine = float(mpp), int(stride), keep_fine
+        self.keep_fine = keep_fine
         self.FINE = int(round(self.FIELD_UM / DENSE_MPP))
         self.SIZE = int(round(self.FIELD_UM / mpp))
+        self.MAP = int(round(self.FIELD_UM / MAP_MPP))
         idx = np.nonzero(keep)[0]
         kinds = {
             "crop": idx[(meta.kind.to_numpy()[idx] == "crop")],
@@ -202,7 +212,7 @@ class DenseSampler:
         for key in ("mit", "gran"):
             p_ = np.asarray(r[key], float).reshape(-1, 2)
             pts.append(p_ @ m[:, :2].T + m[:, 2] if len(p_) else p_)
-        return colour_aug(patch, rng), gaussian_target(pts, size, stride=int(round(size / 16)))
+        return colour_aug(patch, rng), gaussian_target(pts, size, stride=size // self.MAP)
 
     def one(self):
         """(network input, targets, the 0.5 um/px patch)."""
@@ -230,7 +240,7 @@ def load_teacher(folder: str | None = None):
     from ..models.registry import WEIGHTS_DIR, load_model
 
     net, spec = load_model("cell-dense", device="cpu", folder=Path(folder) if folder else WEIGHTS_DIR)
-    if abs(spec.mpp - DENSE_MPP) > 1e-6 or int(spec.config.get("out_stride", 4)) != 4:
+    if design_of(spec.mpp, spec.config.get("out_stride", 4)) != "fine":
         raise SystemExit(f"the teacher must be a {DENSE_MPP} um/px, stride-4 cell-dense; {folder or 'the shipped one'} is "
                          f"{spec.mpp} um/px, stride {spec.config.get('out_stride', 4)} (pass --teacher FOLDER)")
     net = net.float().eval()
@@ -351,16 +361,19 @@ def build_net(stage: str, design: str = "fine"):
 
 
 def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True, design: str = "fine") -> int:
-    """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser, step) when it exists, else warm-start
-    from the shipped weights (fp16, the step in their spec; ``shipped=False``: keep the ImageNet
-    start); returns the step."""
+    """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser state when it has one, step) when it
+    exists, else warm-start from the shipped weights (fp16, the step in their spec;
+    ``shipped=False``: keep the ImageNet start); returns the step. A cell-dense checkpoint of
+    another ``design`` is refused; shipped weights of another design are not used."""
     from ..models.registry import WEIGHTS_DIR, read_spec
 
     name = NAMES[stage]
     path = ckpt_dir / f"{name}.pt"
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+        if stage == "dense" and (have := design_of(ck.get("mpp", DENSE_MPP), ck.get("out_stride", 4))) != design:
+            raise SystemExit(f"{path} is a {have} cell-dense, not {design}: pass --design {have} or move it away")
+        net.load_state_dict(ck["model"])  # fp16 weights are cast to the network's fp32
         if "opt" in ck:
             opt.load_state_dict(ck["opt"])
         say(f"resumed {path} at step {ck['step']}" + ("" if "opt" in ck else " (weights only: optimiser state starts afresh)"))
@@ -368,8 +381,7 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
     weights = WEIGHTS_DIR / f"{name}.pt"
     if shipped and stage == "dense" and weights.exists():
         spec = read_spec(name)
-        want = DENSE_DESIGNS[design]
-        if spec.mpp != want["mpp"] or spec.config.get("out_stride", 4) != want["out_stride"]:
+        if design_of(spec.mpp, spec.config.get("out_stride", 4)) != design:
             say(f"the shipped {name} is another design ({spec.mpp} um/px, stride {spec.config.get('out_stride', 4)}): "
                 "starting from ImageNet")
             shipped = False
@@ -434,12 +446,6 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     net, missing = build_net(stage, design)
     log(f"{name}: not from ImageNet: {missing}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    if stage == "dense" and (ckpt_dir / f"{name}.pt").exists():
-        have = torch.load(ckpt_dir / f"{name}.pt", map_location="cpu", weights_only=True)
-        if int(have.get("out_stride", 4)) != DENSE_DESIGNS[design]["out_stride"]:
-            raise SystemExit(f"{ckpt_dir / name}.pt is a cell-dense of stride {have.get('out_stride', 4)}, not the "
-                             f"{design} design: pass --design {'coarse' if have.get('out_stride') == 2 else 'fine'} "
-                             "or move the checkpoint away")
     step = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start, design=design)
     net.train()
     t0 = last = time.time()
@@ -488,19 +494,18 @@ def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
     ckpt_dir = Path(cache) / "ckpt"
     ck = torch.load(ckpt_dir / "cell-dense.pt", map_location="cpu", weights_only=True)
     mpp, stride = float(ck.get("mpp", DENSE_MPP)), int(ck.get("out_stride", 4))
-    net, _ = build_net("dense", "coarse" if stride == 2 else "fine")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+    net, _ = build_net("dense", design_of(mpp, stride))
+    net.load_state_dict(ck["model"])
     net.eval()
     imgs, meta = load_cache(cache, "dense")
     hold = holdout_mask(meta)
     rows = []
-    zoom = DENSE_MPP / mpp
     for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
         if hold[i]:
             continue
         small = rescale(img, DENSE_MPP, mpp)
         xy, vals = dense_candidates(dense_probabilities(net, small, stride), (threshold, threshold), stride=stride)
-        xy = (xy + 0.5) * (img.shape[1] / small.shape[1]) - 0.5 if zoom != 1 else xy  # cached image px
+        xy = (xy + 0.5) * (img.shape[1] / small.shape[1]) - 0.5  # cached image px
         if not len(xy):
             continue
         objs = np.vstack([np.asarray(v, float).reshape(-1, 2) for v in (r.mit, r.gran)])
