@@ -538,7 +538,7 @@ def kmeans(x: np.ndarray, k: int, n_init: int = 10, iters: int = 100, seed: int 
     --------
     >>> x = np.r_[np.zeros((20, 2)), np.ones((20, 2)) * 5]
     >>> lab, _ = kmeans(x, 2)
-    >>> len(set(lab[:20])), len(set(lab[20:])), lab[0] != lab[-1]
+    >>> len(set(lab[:20])), len(set(lab[20:])), bool(lab[0] != lab[-1])
     (1, 1, True)
     """
     x = np.asarray(x, np.float64)
