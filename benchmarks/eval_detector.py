@@ -48,6 +48,8 @@ MIT_DOMAINS = ("paste/atnorm_br", "paste/amibr_hamamatsu_s360", "mitos14")
 GRAN_DOMAINS = ("eoe",)
 CAND_GRID = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 CLS_GRID = np.round(np.arange(0.30, 0.99, 0.01), 2)
+#: Test-time views of the classifier the operating points are chosen with (and shipped with).
+VIEWS = 2
 LOOSE = {"detect_candidate_mitotic_figure": 0.02, "detect_candidate_granulocyte": 0.02}
 
 
@@ -241,6 +243,9 @@ def main(argv=None):
     ap.add_argument("--dense-weights", type=float, nargs="+", default=None, metavar="A",
                     help="also print the balanced figures with the score p_dense**A * p_classifier**(1-A), thresholds "
                          "re-chosen on the same rows, for each A (a comparison; nothing is written for them)")
+    ap.add_argument("--views", type=int, default=VIEWS, choices=[1, 2, 4, 8],
+                    help=f"the classifier's test-time views (default {VIEWS}, the shipped count; another count is a "
+                         "comparison: results then go to benchmarks/detector_results_viewsK.json only)")
     a = ap.parse_args(argv)
     import torch
 
@@ -254,9 +259,9 @@ def main(argv=None):
         folder = tempfile.mkdtemp(prefix="detector_eval_")
         write_models(cache, out=folder, op=placeholder_op())
     if a.model:
-        params = make_params(device="cpu", model=a.model, thresholds=LOOSE, dense_folder=folder)
+        params = make_params(device="cpu", model=a.model, thresholds=LOOSE, dense_folder=folder, views=a.views)
     else:
-        params = make_params(device="cpu", model_folder=folder, thresholds=LOOSE, dense_folder=folder)
+        params = make_params(device="cpu", model_folder=folder, thresholds=LOOSE, dense_folder=folder, views=a.views)
     t0 = time.time()
     sets = validation_sets(cache)
     rows_by = {}
@@ -268,10 +273,10 @@ def main(argv=None):
     la_bal, n_la = lookalike_share(sets, rows_by["lookalike"], mit["candidate"], mit["balanced"])
     la_scr, _ = lookalike_share(sets, rows_by["lookalike"], mit["candidate"], mit["screening"])
     op = dict(mitotic_figure=mit, granulocyte=gran, lookalike=dict(n=n_la, balanced=la_bal, screening=la_scr),
-              models="checkpoints" if a.checkpoints else "shipped")
-    if not a.model:
+              models="checkpoints" if a.checkpoints else "shipped", views=a.views)
+    if not a.model and a.views == VIEWS:
         (cache / "operating_points.json").write_text(json.dumps(op, indent=1, default=float))
-    suffix = f"_{a.model}" if a.model else ""
+    suffix = (f"_{a.model}" if a.model else "") + (f"_views{a.views}" if a.views != VIEWS else "")
     (ROOT / "benchmarks" / f"detector_results{suffix}.json").write_text(json.dumps(
         {k: ({kk: vv for kk, vv in v.items() if kk != "curve"} if isinstance(v, dict) else v) for k, v in op.items()},
         indent=1, default=float))

@@ -453,3 +453,32 @@ def test_both_cell_dense_designs_put_a_candidate_on_the_cell_in_level0_pixels(mo
         assert not background and n >= 1
         best = df.sort_values(df.columns[2], ascending=False).iloc[0]
         assert np.hypot(best.x - 250, best.y - 130) <= 8, (mpp, best.x, best.y)  # within 2 um
+
+
+def test_test_time_views_make_the_classifier_blind_to_the_slides_orientation():
+    """With all eight test-time views (``views=8``) a cell gets the same probabilities on a slide and
+    on the slide mirrored along its diagonal (a glass slide scanned the other way round); one view
+    does not guarantee that. Other view counts are refused with the ones that exist."""
+    import dask.array as da
+
+    from napari_mitosis.io.slide import Slide
+    from napari_mitosis.pipeline.detect import classify_points
+
+    rng = np.random.default_rng(3)
+    img = np.full((300, 400, 3), 225, np.uint8)
+    yy, xx = np.mgrid[0:300, 0:400]
+    pts = np.array([[150.0, 120.0], [260.0, 180.0]])
+    for (x, y), r in zip(pts, (14, 10), strict=True):  # an irregular dark figure at each point
+        img[(np.hypot(xx - x, (yy - y) * 1.6) <= r) | (np.hypot(xx - x - 6, yy - y + 4) <= r / 2)] = (60, 40, 110)
+    img = np.clip(img.astype(int) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+    turned = np.ascontiguousarray(img.transpose(1, 0, 2))
+
+    def probs(rgb, xy, views):
+        slide = Slide(path="t.png", levels=[da.from_array(rgb, chunks=(256, 256, 3))], mpp=0.25, format="image")
+        return classify_points(slide, xy, 0.25, make_params(device="cpu", views=views))[0]
+
+    plain = np.abs(probs(img, pts, 1) - probs(turned, pts[:, ::-1].copy(), 1)).max()
+    eight = np.abs(probs(img, pts, 8) - probs(turned, pts[:, ::-1].copy(), 8)).max()
+    assert eight < 1e-4 < plain
+    with pytest.raises(DetectError, match="1, 2, 4, 8"):
+        make_params(views=3)

@@ -25,7 +25,7 @@ def _params(args, scheduler):
     first = None if str(args.first_pass).lower() in ("none", "off", "") else args.first_pass
     return make_params(model=args.model, device=args.device, candidates=args.candidates,
                        thresholds=thresholds or None, torch_threads=1 if (args.workers > 1 or scheduler) else 0,
-                       screen_model=first, operating_point=args.operating_point)
+                       screen_model=first, operating_point=args.operating_point, views=args.views)
 
 
 def cmd_detect(args) -> int:
@@ -112,6 +112,10 @@ def _common(p):
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="override a detection threshold, e.g. mitotic_figure=0.7 (repeatable; a free threshold "
                         "on the score sqrt(p_dense * p_classifier))")
+    p.add_argument("--views", type=int, default=None, choices=[1, 2, 4, 8],
+                   help="test-time views: the classifier's mean over this many flips and rotations of each "
+                        "candidate (default: the model card's, which its thresholds were chosen with; more is "
+                        "slower, 1 is the fastest)")
     p.add_argument("--candidates", default="dense", choices=["dense", "nuclei", "heatmap", "both"],
                    help="candidate stage: cell-dense likelihood peaks (default), or the earlier hematoxylin-blob "
                         "screening, weakly supervised heatmap peaks, or both (these use cell-gstn)")

@@ -112,6 +112,9 @@ class ModelSpec:
         Validation results (name -> value), as reported in the model card.
     training : dict
         Data, split and the command that produced the weights.
+    views : int
+        Test-time views of a classifier (the mean of its output over this many flips and
+        rotations of each input, 1, 2, 4 or 8) that its thresholds were chosen with.
     sha256 : str
         Hex SHA-256 of ``NAME.pt``, written by :func:`save_model` and checked at load.
     """
@@ -126,6 +129,7 @@ class ModelSpec:
     thresholds: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    views: int = 1
     sha256: str = ""
 
     def build(self):

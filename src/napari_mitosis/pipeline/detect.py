@@ -117,6 +117,7 @@ class DetectParams:
     dense_model: str = "cell-dense"  # the dense first stage (candidates="dense")
     dense_folder: str | None = None  # a folder with its weights (default: the shipped ones)
     operating_point: str = "balanced"  # which of the spec's operating points the thresholds are
+    views: int = 1  # test-time views: the classifier's mean over this many flips/rotations (1, 2, 4 or 8)
 
     def thr(self, key: str) -> float:
         return float(self.thresholds.get(key, DEFAULT_THRESHOLDS[key]))
@@ -149,6 +150,20 @@ def model_thresholds(model: str = "cell-effnet", folder=None, first_pass: bool =
                               "thresholds with --threshold NAME=VALUE")
         thr.update(point)
     return thr
+
+
+def model_views(model: str = "cell-effnet", folder=None) -> int:
+    """The test-time views a model's thresholds were chosen with (its spec's ``views``; 1 without a spec)."""
+    from ..models.registry import WEIGHTS_DIR, read_spec
+
+    try:
+        views = read_spec(model, Path(folder) if folder else WEIGHTS_DIR).views
+    except Exception:  # noqa: BLE001 -- no or unreadable spec: one view
+        return 1
+    if views not in VIEW_COUNTS:
+        raise DetectError(f"model {model!r}: its spec asks for {views!r} test-time views; "
+                          f"one of {', '.join(map(str, VIEW_COUNTS))} is needed (a damaged spec? reinstall or retrain)")
+    return int(views)
 
 
 # ------------------------------------------------------------------------ models (cached per process)
@@ -335,6 +350,25 @@ def _read_cells(slide, level: int, ds: float, corners: np.ndarray, side: int, ce
     return big, (int(x0), int(y0))
 
 
+#: Test-time view counts: the first k of :func:`dihedral`'s eight.
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def dihedral(x, k: int):
+    """The ``k``-th (0-7) of the eight flips and right-angle rotations of a batch (N, C, H, W):
+    0 as it is, 1 mirrored, 2 upside down, 3 both (a half turn), 4-7 the same transposed.
+
+    >>> import torch
+    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    >>> [dihedral(x, k).flatten().tolist() for k in (0, 1, 2, 4)]
+    [[0.0, 1.0, 2.0, 3.0], [1.0, 0.0, 3.0, 2.0], [2.0, 3.0, 0.0, 1.0], [0.0, 2.0, 1.0, 3.0]]
+    """
+    if k >= 4:
+        x = x.transpose(-1, -2)
+    dims = [(), (-1,), (-2,), (-2, -1)][k % 4]
+    return x.flip(dims) if dims else x
+
+
 def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParams):
     """cell-gstn probabilities (N, classes) and localised level-0 positions (N, 2) of level-0 points."""
     import torch
@@ -358,7 +392,11 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
             x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + params.batch])).permute(0, 3, 1, 2).to(device)
             out = net(x)
             logits, theta = out if isinstance(out, tuple) else (out, None)  # cell-gstn also localises
-            probs[i : i + params.batch] = torch.softmax(logits, 1).cpu().numpy()
+            p = torch.softmax(logits, 1)
+            for k in range(1, params.views):  # the other views of the cell; the position stays the plain view's
+                v = net(dihedral(x, k))
+                p = p + torch.softmax(v[0] if isinstance(v, tuple) else v, 1)
+            probs[i : i + params.batch] = (p / params.views).cpu().numpy()
             if theta is not None:
                 px, py = theta_to_xy(theta.cpu())
                 loc[i : i + params.batch] = torch.stack([px, py], 1).numpy()
@@ -588,6 +626,7 @@ def detect_task(
     model_folder: str | None = None,
     first_pass: str | None = "cell-screen",
     operating_point: str = "balanced",
+    views: int | None = None,
 ) -> Task:
     """Detect mitotic figures and granulocytes in a region of a slide (or all its tissue).
 
@@ -618,6 +657,9 @@ def detect_task(
         card's ``gstn_only`` thresholds).
     workers : int
         Tiles run concurrently in this many threads (each with its own file handle).
+    views : {1, 2, 4, 8}, optional
+        Test-time views: the classifier's mean over this many flips and rotations of each
+        candidate (default: the model card's, which its thresholds were chosen with).
 
     Yields
     ------
@@ -638,7 +680,8 @@ def detect_task(
     if candidates not in CANDIDATE_MODES:
         raise DetectError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
     params = make_params(model=model, device=device, candidates=candidates, thresholds=thresholds, tile_um=tile_um,
-                         model_folder=model_folder, screen_model=first_pass, operating_point=operating_point)
+                         model_folder=model_folder, screen_model=first_pass, operating_point=operating_point,
+                         views=views)
     if normalize is not None:
         params = yield from _with_normalizer(slide, params, normalize, device)
     if all_tissue and tissue is None:
@@ -732,10 +775,11 @@ def finish_attrs(slide, tissue, tiles, failed, n_cand, n_scr, roi=None, all_tiss
 
 def make_params(model=None, device="auto", candidates="dense", thresholds=None, tile_um=TILE_UM,
                 model_folder=None, screen_model: str | None = "cell-screen", operating_point: str = "balanced",
-                **kw) -> DetectParams:
+                views: int | None = None, **kw) -> DetectParams:
     """Detection parameters: the second stage ``model`` (default: the one the candidate mode was
     validated with, :data:`DEFAULT_MODEL`), its thresholds at ``operating_point`` ("balanced" or
-    "screening"), then the ``thresholds`` given (``detect_*`` keys) on top."""
+    "screening"), then the ``thresholds`` given (``detect_*`` keys) on top; ``views``: test-time
+    views of each candidate (default: the model card's, which its thresholds were chosen with)."""
     from ..models.registry import resolve_device
 
     if candidates not in CANDIDATE_MODES:
@@ -750,7 +794,12 @@ def make_params(model=None, device="auto", candidates="dense", thresholds=None, 
         thr.update({k: float(v) for k, v in thresholds.items()})
     if not tile_um > 2 * 32:
         raise DetectError(f"tile_um must be larger than 64 um, got {tile_um}")
-    return DetectParams(model=model, device=str(resolve_device(device)), candidates=candidates, thresholds=thr,
+    if views is None:
+        views = model_views(model, model_folder)
+    if views not in VIEW_COUNTS:
+        raise DetectError(f"views (test-time views of each candidate) must be one of "
+                          f"{', '.join(map(str, VIEW_COUNTS))}, got {views!r}")
+    return DetectParams(views=int(views), model=model, device=str(resolve_device(device)), candidates=candidates, thresholds=thr,
                         tile_um=float(tile_um), model_folder=None if model_folder is None else str(model_folder),
                         screen_model=screen_model or None, operating_point=operating_point, **kw)
 

