@@ -482,3 +482,26 @@ def test_test_time_views_make_the_classifier_blind_to_the_slides_orientation():
     assert eight < 1e-4 < plain
     with pytest.raises(DetectError, match="1, 2, 4, 8"):
         make_params(views=3)
+
+
+@pytest.mark.parametrize("views", [2, 8])
+def test_extra_views_only_where_they_can_change_a_detection_change_no_detection(synthetic_slide_file, views):
+    """The classifier's other views run only on candidates whose detection they can change
+    (what makes test-time views cheap): every detection, its class and its score are those of
+    running every view on every candidate."""
+    from napari_mitosis.pipeline.detect import detect_tile
+
+    slide = open_slide(synthetic_slide_file)
+    params = make_params(device="cpu", views=views, thresholds={"detect_mitotic_figure": 0.45, "detect_granulocyte": 0.45})
+    w, h = slide.levels[0].shape[1], slide.levels[0].shape[0]
+    fast = detect_tile(slide, 0, 0, w, h, params, slide.mpp)
+    every = detect_tile(slide, 0, 0, w, h, params, slide.mpp, keep_all=True)["detections"]
+    every = every[every["class"] != ""].reset_index(drop=True)
+    every = every.iloc[nms(every[["x", "y"]].to_numpy(), every["score"].to_numpy(),
+                           params.thr("detect_nms_um") / slide.mpp)]  # (keep_all skips the NMS)
+    det = fast["detections"]
+    assert len(det) >= 3 and len(det) == len(every)  # the synthetic mitoses at this looser operating point
+    d, i = cKDTree(every[["x", "y"]].to_numpy()).query(det[["x", "y"]].to_numpy())
+    assert d.max() < 1e-6 and len(set(i)) == len(det)
+    assert (every["class"].to_numpy()[i] == det["class"].to_numpy()).all()
+    assert np.allclose(every["score"].to_numpy()[i], det["score"].to_numpy(), atol=1e-6)

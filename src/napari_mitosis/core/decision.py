@@ -118,3 +118,27 @@ def needs_classifier(first: np.ndarray, params) -> np.ndarray:
     for k, c in enumerate(DETECT_CLASSES):
         need |= first[:, k] >= params.thr(f"detect_{c}") ** 2
     return need
+
+
+def needs_more_views(first: np.ndarray | None, probs: np.ndarray, classes: list, params, views: int) -> np.ndarray:
+    """Which cells need the classifier's other test-time views: those whose score could still
+    reach a class's threshold once the first view's probability ``p1`` is averaged with
+    ``views - 1`` more (the mean is at most ``(p1 + views - 1) / views``). The others get no
+    detection whatever those views say: skipping them changes no detection.
+
+    >>> p = Thresholds({"detect_mitotic_figure": 0.6, "detect_granulocyte": 0.6})
+    >>> probs = np.array([[0.05, 0.0, 0.95], [0.5, 0.0, 0.5], [0.9, 0.0, 0.1]])
+    >>> needs_more_views(np.array([[0.5, 0.0], [0.5, 0.0], [0.2, 0.0]]), probs, ["mitotic_figure", "granulocyte", "other"], p, 2).tolist()
+    [False, True, False]
+    """
+    probs = np.asarray(probs, float)
+    need = np.zeros(len(probs), bool)
+    for k, c in enumerate(DETECT_CLASSES):
+        if c not in classes:
+            continue
+        top = (probs[:, classes.index(c)] + views - 1) / views
+        if first is not None:
+            q = np.asarray(first, float)[:, k]
+            top = np.where(np.isnan(q), top, np.sqrt(top * np.clip(np.nan_to_num(q, nan=1.0), 0, 1)))
+        need |= top >= params.thr(f"detect_{c}")
+    return need

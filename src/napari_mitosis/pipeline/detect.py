@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ..core.decision import DEFAULT_THRESHOLDS, decide_detections, needs_classifier
+from ..core.decision import DEFAULT_THRESHOLDS, decide_detections, needs_classifier, needs_more_views
 from ..core.screening import blob_features, is_background_od, nms, optical_density, screen
 from ..errors import NapariMitosisError
 from ..io.detections import check_detections, empty_detections
@@ -369,8 +369,13 @@ def dihedral(x, k: int):
     return x.flip(dims) if dims else x
 
 
-def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParams):
-    """cell-gstn probabilities (N, classes) and localised level-0 positions (N, 2) of level-0 points."""
+def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParams, first: np.ndarray | None = None,
+                    decisive_only: bool = False):
+    """The classifier's probabilities (N, classes) and localised level-0 positions (N, 2) of
+    level-0 points, each the mean over ``params.views`` test-time views. ``decisive_only``: the
+    other views only for the points whose detection they can change (``first``: the first
+    pass's probabilities, :func:`~napari_mitosis.core.decision.needs_more_views`); the others keep
+    the first view's probabilities (they are no detection either way)."""
     import torch
 
     from ..models.gstn import theta_to_xy
@@ -392,14 +397,23 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
             x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + params.batch])).permute(0, 3, 1, 2).to(device)
             out = net(x)
             logits, theta = out if isinstance(out, tuple) else (out, None)  # cell-gstn also localises
-            p = torch.softmax(logits, 1)
-            for k in range(1, params.views):  # the other views of the cell; the position stays the plain view's
-                v = net(dihedral(x, k))
-                p = p + torch.softmax(v[0] if isinstance(v, tuple) else v, 1)
-            probs[i : i + params.batch] = (p / params.views).cpu().numpy()
+            probs[i : i + params.batch] = torch.softmax(logits, 1).cpu().numpy()
             if theta is not None:
                 px, py = theta_to_xy(theta.cpu())
                 loc[i : i + params.batch] = torch.stack([px, py], 1).numpy()
+        if params.views > 1 and n:  # the other views of the cells; the position stays the plain view's
+            more = np.arange(n)
+            if decisive_only:
+                more = np.flatnonzero(needs_more_views(None if first is None else first[:n], probs,
+                                                       list(spec.classes), params, params.views))
+            for i in range(0, len(more), params.batch):
+                rows = more[i : i + params.batch]
+                x = torch.from_numpy(np.ascontiguousarray(inputs[rows])).permute(0, 3, 1, 2).to(device)
+                p = torch.from_numpy(probs[rows]).to(device)
+                for k in range(1, params.views):
+                    v = net(dihedral(x, k))
+                    p = p + torch.softmax(v[0] if isinstance(v, tuple) else v, 1)
+                probs[rows] = (p / params.views).cpu().numpy()
     out = origin + (loc + 0.5) * f - 0.5
     bad = ~np.isfinite(out).all(1) | (np.hypot(*(out - xy).T) * slide_mpp > 10.0)  # the localiser wandered off
     out[bad] = xy[bad]
@@ -557,7 +571,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
         det = empty_detections(slide_mpp)
     else:
         xy = cand[["x", "y"]].to_numpy(float)
-        probs, loc, classes = classify_points(slide, xy, slide_mpp, params)
+        probs, loc, classes = classify_points(slide, xy, slide_mpp, params, first, decisive_only=not keep_all)
         cls, score = decide_detections(probs, classes, params, first)
         cols = {"x": loc[:, 0], "y": loc[:, 1], "class": cls, "score": score, "status": "model"}
         cols.update({f"p_{c}": probs[:, i].astype(float) for i, c in enumerate(classes)})
