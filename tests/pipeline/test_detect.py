@@ -505,3 +505,18 @@ def test_extra_views_only_where_they_can_change_a_detection_change_no_detection(
     assert d.max() < 1e-6 and len(set(i)) == len(det)
     assert (every["class"].to_numpy()[i] == det["class"].to_numpy()).all()
     assert np.allclose(every["score"].to_numpy()[i], det["score"].to_numpy(), atol=1e-6)
+
+
+def test_the_cards_views_are_the_default_and_a_damaged_count_is_refused(tmp_path):
+    """A detection runs with the test-time views its thresholds were chosen with (the model card's),
+    unless asked otherwise; a spec asking for an impossible count is refused with what to do."""
+    import json
+
+    from napari_mitosis.models.registry import WEIGHTS_DIR, read_spec
+
+    assert make_params(device="cpu").views == read_spec("cell-effnet").views == 2
+    assert make_params(device="cpu", views=1).views == 1
+    spec = json.loads((WEIGHTS_DIR / "cell-effnet.json").read_text())
+    (tmp_path / "cell-effnet.json").write_text(json.dumps({**spec, "views": 3}))
+    with pytest.raises(DetectError, match="reinstall or retrain"):
+        make_params(device="cpu", model_folder=tmp_path)
