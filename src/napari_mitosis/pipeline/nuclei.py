@@ -81,9 +81,14 @@ PLAUSIBLE_MEDIAN_AREA_UM2 = (12.0, 90.0)
 
 @lru_cache(maxsize=4)
 def _model(name: str, device: str):
+    """(network, spec), loaded once per process; on a CPU with its batch normalisations folded into
+    the convolutions (the same maps to float rounding, ~10 % less time for nuclei-hover; a traced
+    graph was measured no faster for it)."""
+    from ..models.inference import fast_cpu
     from ..models.registry import load_model
 
-    return load_model(name, device=device)
+    net, spec = load_model(name, device=device)
+    return fast_cpu(net, channels_last=True), spec
 
 
 def _check_roi(slide, roi):
