@@ -42,6 +42,9 @@ MEAN, STD = 0.5, 0.5
 class MBConv(nn.Module):
     """Inverted residual block without squeeze-and-excitation (EfficientNet-Lite)."""
 
+    #: (convolution, its batch normalisation) attributes, for ``inference.fold_batchnorm``
+    conv_bn_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
     def __init__(self, k: int, stride: int, expand: int, cin: int, cout: int, bn_eps: float = 1e-3):
         super().__init__()
         mid = cin * expand
@@ -102,6 +105,9 @@ class EfficientNetLite0(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(width, n_classes)
         self.n_features = width
+
+    #: (convolution, its batch normalisation) attributes, for ``inference.fold_batchnorm``
+    conv_bn_pairs = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
 
     def feature_strides(self):
         """(stride, channels) at the end of each stage that this network keeps."""

@@ -76,19 +76,22 @@ def inference_graph(net, size: int):
 
 
 def fold_batchnorm(module) -> None:
-    """Fold each BatchNorm2d that follows a Conv2d in an nn.Sequential into the convolution
-    (inference only: the same outputs to float rounding, one pass over the activations fewer)."""
+    """Fold each BatchNorm2d that follows a Conv2d into the convolution (inference only: the same
+    outputs to float rounding, one pass over the activations fewer): in an nn.Sequential, and the
+    (convolution, normalisation) attribute pairs a module names in ``conv_bn_pairs`` (EfficientNet's
+    blocks, whose forward is not a Sequential)."""
     from itertools import pairwise
 
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+    def foldable(conv, bn):
+        return isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+
     for m in module.modules():
-        if not isinstance(m, nn.Sequential):
-            continue
-        keys = list(m._modules)
-        for a, b in pairwise(keys):
-            conv, bn = m._modules[a], m._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+        pairs = list(pairwise(m._modules)) if isinstance(m, nn.Sequential) else list(getattr(m, "conv_bn_pairs", ()))
+        for a, b in pairs:
+            conv, bn = m._modules.get(a), m._modules.get(b)
+            if foldable(conv, bn):
                 m._modules[a] = fuse_conv_bn_eval(conv, bn)
                 m._modules[b] = nn.Identity()
