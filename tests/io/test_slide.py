@@ -279,3 +279,23 @@ def test_tile_cache_is_bounded_in_bytes_and_forgets_the_least_recent():
         cache.get(("level", 0))[0] = 9
     cache.put(("big", 0), np.zeros(301, np.uint8))  # larger than the whole budget: not kept
     assert cache.get(("big", 0)) is None and cache.bytes == 300
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"])
+def test_levels_computed_by_coarsening_read_as_their_dask_arrays(name):
+    """Levels the file does not store (2x2 means of the last stored one) read through the stored
+    level's tile reader equal the lazily coarsened arrays napari displays, at odd offsets and
+    across the slide's edge (white)."""
+    with open_slide(shared_file("slides", name)) as slide:
+        computed = range(slide.file_levels, slide.level_count)
+        assert len(computed) >= 1
+        for level in computed:
+            arr = slide.levels[level]
+            H, W = arr.shape[:2]
+            ds = slide.level_downsamples[level]
+            for x, y, w, h in ((3, 5, 301, 207), (W - 50, H - 40, 90, 70)):
+                got = slide.read_region(level, int(round(x * ds)), int(round(y * ds)), w, h)
+                want = np.full((h, w, 3), 255, np.uint8)
+                inside = arr[y : min(y + h, H), x : min(x + w, W)].compute()
+                want[: inside.shape[0], : inside.shape[1]] = inside
+                np.testing.assert_array_equal(got, want)

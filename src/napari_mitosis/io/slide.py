@@ -156,6 +156,13 @@ class Slide:
                 if direct is None and self.fill_bad_tiles and self._checks_base_tiles():
                     # a computed level from checked stored tiles: damaged JPEG tiles never go unnoticed
                     block = self._read_filling(level, y0, y1, x0, x1)
+                elif direct is None and self._base_reader(level) is not None:
+                    # a level computed by coarsening, from the stored level's tile reader: the same
+                    # 2x2 means as the dask graph, without its scheduling (a 6 MP region: 30 instead of 300 ms)
+                    k = 2 ** (level - self.file_levels + 1)
+                    block = self._base_reader(level)(y0 * k, y1 * k, x0 * k, x1 * k)
+                    for _ in range(level - self.file_levels + 1):
+                        block = mean2x2(block)
                 elif direct is None:
                     block = arr[y0:y1, x0:x1].compute(scheduler="threads")
                 elif self.fill_bad_tiles and getattr(direct, "fills_bad_tiles", False):
@@ -174,6 +181,13 @@ class Slide:
                     f"{type(exc).__name__}: {exc}. The file may be truncated or corrupt."
                 ) from exc
         return out
+
+    def _base_reader(self, level: int):
+        """The stored level's tile reader when ``level`` is computed from it by coarsening, else None."""
+        base = self.file_levels - 1
+        if level <= base or base >= len(self._direct):
+            return None
+        return self._direct[base]
 
     def _checks_base_tiles(self) -> bool:
         """Whether the last stored level is read by a tile reader that checks and fills tiles."""
