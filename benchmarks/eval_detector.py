@@ -246,6 +246,9 @@ def main(argv=None):
     ap.add_argument("--views", type=int, default=VIEWS, choices=[1, 2, 4, 8],
                     help=f"the classifier's test-time views (default {VIEWS}, the shipped count; another count is a "
                          "comparison: results then go to benchmarks/detector_results_viewsK.json only)")
+    ap.add_argument("--mitos-mpp", type=float, default=None,
+                    help="run the MITOS frames at this pixel size instead of the recorded 0.2455 (e.g. the corrected "
+                         "0.368; matching stays 7.5 um at the recorded size); a comparison: nothing is written")
     a = ap.parse_args(argv)
     import torch
 
@@ -266,7 +269,8 @@ def main(argv=None):
     sets = validation_sets(cache)
     rows_by = {}
     for name, s in sets.items():
-        rows_by[name] = score_images(s["images"], s["mpp"], params)
+        run_mpp = a.mitos_mpp if name == "mitos14" and a.mitos_mpp else s["mpp"]  # matching stays at s["mpp"]
+        rows_by[name] = score_images(s["images"], run_mpp, params)
         print(f"{name}: {len(s['images'])} images scored ({time.time() - t0:.0f} s)", flush=True)
     mit = choose(sets, rows_by, 0, MIT_DOMAINS)
     gran = choose(sets, rows_by, 1, GRAN_DOMAINS)
@@ -274,9 +278,12 @@ def main(argv=None):
     la_scr, _ = lookalike_share(sets, rows_by["lookalike"], mit["candidate"], mit["screening"])
     op = dict(mitotic_figure=mit, granulocyte=gran, lookalike=dict(n=n_la, balanced=la_bal, screening=la_scr),
               models="checkpoints" if a.checkpoints else "shipped", views=a.views)
-    if not a.model and a.views == VIEWS:
+    compare = bool(a.model) or a.views != VIEWS or bool(a.mitos_mpp)
+    if not compare:
         (cache / "operating_points.json").write_text(json.dumps(op, indent=1, default=float))
     suffix = (f"_{a.model}" if a.model else "") + (f"_views{a.views}" if a.views != VIEWS else "")
+    if a.mitos_mpp:
+        suffix += f"_mitos{a.mitos_mpp:g}"
     (ROOT / "benchmarks" / f"detector_results{suffix}.json").write_text(json.dumps(
         {k: ({kk: vv for kk, vv in v.items() if kk != "curve"} if isinstance(v, dict) else v) for k, v in op.items()},
         indent=1, default=float))
