@@ -318,6 +318,7 @@ class ClsSampler:
         self.pools = {"mit": self.rows[(lab == 0) & ~frame], "mit_frame": self.rows[(lab == 0) & frame],
                       "gran": self.rows[lab == 1], "look": self.rows[kind == 1],
                       "auto": self.rows[kind == 2], "mined": self.mined, "mined_cls": self.mined_cls}
+        self.scale = SCALE  # the crops' scale augmentation (the MITOS frames have their own)
         self.p = {"mit": 0.25, "mit_frame": 0.12, "gran": 0.15, "look": 0.08,
                   "auto": 0.22 if len(self.mined) else 0.42, "mined": 0.2 if len(self.mined) else 0.0}
         if len(self.mined_cls):  # the second round: the detector's own false detections
@@ -329,7 +330,7 @@ class ClsSampler:
         p = np.array([self.p[k] for k in names])
         pool = self.pools[names[rng.choice(len(names), p=p / p.sum())]]
         i, x, y, lab, _ = pool[rng.integers(len(pool))]
-        sc = SCALE_MITOS if self.mitos_image[int(i)] else SCALE
+        sc = SCALE_MITOS if self.mitos_image[int(i)] else self.scale
         patch, _ = warp(self.imgs[int(i)], x, y, self.SIZE, rng, scale=sc, shift_px=2.5 / CLS_MPP)
         if self.p_restain and rng.random() < self.p_restain:
             patch = stain_mix(patch, self.stains[int(i)], self.library, rng)
@@ -396,7 +397,8 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
 def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
           seed: int = 0, every: float = 3.0, log=print, train_on=(), mit_frame: float | None = None,
           hold: np.ndarray | None = None, max_steps: int | None = None, warm_start: bool = True,
-          restain_p: float = 0.0, distill: float = 0.0, teacher: str | None = None, design: str = "fine") -> int:
+          restain_p: float = 0.0, distill: float = 0.0, teacher: str | None = None, design: str = "fine",
+          scale_max: float | None = None) -> int:
     """Train one stage for ``minutes``, checkpointing every ``every`` minutes; returns the step.
     ``train_on``: held-out groups trained on too (recorded in the checkpoint); ``mit_frame``: the
     classifier's sampling share of full-frame mitoses (default: the sampler's). ``hold``: images
@@ -441,6 +443,9 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
                              p_restain=restain_p)
         if mit_frame is not None:
             sampler.p["mit_frame"] = float(mit_frame)
+        if scale_max is not None:
+            sampler.scale = (SCALE[0], float(scale_max))
+            log(f"scale augmentation of the crops {sampler.scale}")
         log(f"classifier pools: { {k: len(v) for k, v in sampler.pools.items()} }")
         loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.05)  # noqa: E731
     net, missing = build_net(stage, design)
@@ -451,6 +456,8 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     t0 = last = time.time()
     run = []
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
+    if scale_max is not None:
+        extra["scale_max"] = float(scale_max)
     if stage == "dense":
         extra.update(DENSE_DESIGNS[design])
         if distill:
@@ -737,6 +744,9 @@ def configure(ap) -> None:
     ap.add_argument("--train-on", action="append", default=[], metavar="GROUP",
                     help="a held-out validation group to train on too (e.g. mitos14/A03_03): the final fit after "
                          "the operating points were chosen; its figures are then no longer held out")
+    ap.add_argument("--scale-max", type=float, default=None,
+                    help=f"classifier: upper bound of the crops' scale augmentation (default {SCALE[1]}; the MITOS "
+                         f"frames keep {SCALE_MITOS})")
     ap.add_argument("--mit-frame", type=float, default=None,
                     help="classifier: sampling share of the full-frame (MITOS) mitoses (default 0.12, 0.15 with mined detections)")
     ap.add_argument("--restain", type=float, default=0.0, metavar="P",
@@ -770,7 +780,7 @@ def run_stage(args) -> int:
     elif args.stage in NAMES:
         train(args.stage, args.minutes, cache, args.threads, args.batch, lr=args.lr, seed=args.seed, log=log,
               train_on=tuple(args.train_on), mit_frame=args.mit_frame, restain_p=args.restain, max_steps=args.max_steps,
-              distill=args.distill, teacher=args.teacher, design=args.design)
+              distill=args.distill, teacher=args.teacher, design=args.design, scale_max=args.scale_max)
     elif args.stage == "mine":
         mine(cache, log=log, train_on=tuple(args.train_on))
     elif args.stage == "mine-detections":
