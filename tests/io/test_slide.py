@@ -299,3 +299,28 @@ def test_levels_computed_by_coarsening_read_as_their_dask_arrays(name):
                 inside = arr[y : min(y + h, H), x : min(x + w, W)].compute()
                 want[: inside.shape[0], : inside.shape[1]] = inside
                 np.testing.assert_array_equal(got, want)
+
+
+def test_a_large_region_of_a_computed_level_streams_in_bounded_memory(monkeypatch):
+    """An overview of a single-level slide (a computed level over the whole slide) is not read as
+    one stored-level region (a 100k px slide would need tens of GB): above the limit it goes
+    through the level's dask graph, with the same pixels; below it, one stored-level read."""
+    import napari_mitosis.io.slide as slide_mod
+
+    with open_slide(shared_file("slides", "CMU-1-Small-Region.svs")) as slide:
+        level = slide.level_count - 1
+        h, w = slide.level_shapes[level]
+        base = slide._direct[0]
+        sizes = []
+
+        def spy(*a, **k):
+            sizes.append((a[1] - a[0]) * (a[3] - a[2]))
+            return base(*a, **k)
+
+        slide._direct[0] = spy
+        small = slide.read_region(level, 0, 0, w, h)  # the whole of CMU-1 is under the limit: one read
+        assert max(sizes) >= (2 * h) * (2 * w) * 4 ** (level - 1)
+        sizes.clear()
+        monkeypatch.setattr(slide_mod, "COMPUTED_DIRECT_MAX_PX", 1000)  # as if the slide were huge
+        np.testing.assert_array_equal(slide.read_region(level, 0, 0, w, h), small)
+        assert not sizes or max(sizes) <= 1000

@@ -28,6 +28,10 @@ from ..errors import NapariMitosisError
 PLAUSIBLE_MPP = (0.02, 50.0)
 #: No real slide is larger than this on either side (px); 200 mm at 0.2 um/px.
 MAX_SIDE = 1_000_000
+#: A region of a level computed by coarsening is read from the stored level's tile reader when
+#: that means at most this many stored pixels (a tile's worth); larger ones (overviews of a
+#: single-level slide) stream through the level's dask graph, block by block, in bounded memory.
+COMPUTED_DIRECT_MAX_PX = 16_000_000
 #: A pyramid is extended by coarsening until its smallest level fits this.
 SMALLEST_LEVEL = 2048
 
@@ -156,7 +160,8 @@ class Slide:
                 if direct is None and self.fill_bad_tiles and self._checks_base_tiles():
                     # a computed level from checked stored tiles: damaged JPEG tiles never go unnoticed
                     block = self._read_filling(level, y0, y1, x0, x1)
-                elif direct is None and self._base_reader(level) is not None:
+                elif direct is None and self._base_reader(level) is not None and \
+                        (y1 - y0) * (x1 - x0) * 4 ** (level - self.file_levels + 1) <= COMPUTED_DIRECT_MAX_PX:
                     # a level computed by coarsening, from the stored level's tile reader: the same
                     # 2x2 means as the dask graph, without its scheduling (a 6 MP region: 30 instead of 300 ms)
                     k = 2 ** (level - self.file_levels + 1)
