@@ -154,7 +154,8 @@ def test_a_committed_weights_only_checkpoint_resumes_at_its_step(tmp_path):
                 "step": 40000, "mpp": 1.0, "out_stride": 2}, tmp_path / "ckpt" / "cell-dense.pt")
     net = build_cell_dense(out_stride=2)
     opt = torch.optim.AdamW(net.parameters())
-    assert T.resume("dense", net, opt, tmp_path / "ckpt", say=lambda m: None, design="coarse") == 40000
+    step, recorded = T.resume("dense", net, opt, tmp_path / "ckpt", say=lambda m: None, design="coarse")
+    assert step == 40000 and recorded == {"step": 40000, "mpp": 1.0, "out_stride": 2}
     w = src.state_dict()["out.weight"]
     assert torch.allclose(net.state_dict()["out.weight"], w.half().float())
     import pytest

@@ -108,16 +108,34 @@ def decide_detections(probs: np.ndarray, classes: list, params, first: np.ndarra
     return cls, score
 
 
+def could_reach(first: np.ndarray | None, p_top: np.ndarray, params) -> np.ndarray:
+    """Which cells could still be detected when the classifier's probability of each detection
+    class is at most ``p_top`` (n, 2: mitotic figure, granulocyte): a class's score is
+    ``sqrt(q * p)`` with the first pass's ``q`` (``first``), or ``p`` alone where there is none (NaN).
+
+    >>> p = Thresholds({"detect_mitotic_figure": 0.6, "detect_granulocyte": 0.6})
+    >>> could_reach(np.array([[0.4, 0.0], [0.3, np.nan]]), np.ones((2, 2)), p).tolist()
+    [True, True]
+    >>> could_reach(np.array([[0.4, 0.0], [0.3, np.nan]]), np.full((2, 2), 0.5), p).tolist()
+    [False, False]
+    """
+    p_top = np.asarray(p_top, float)
+    need = np.zeros(len(p_top), bool)
+    for k, c in enumerate(DETECT_CLASSES):
+        top = p_top[:, k]
+        if first is not None:
+            q = np.asarray(first, float)[:, k]
+            top = np.where(np.isnan(q), top, np.sqrt(top * np.clip(np.nan_to_num(q, nan=1.0), 0, 1)))
+        need |= top >= params.thr(f"detect_{c}")
+    return need
+
+
 def needs_classifier(first: np.ndarray, params) -> np.ndarray:
     """Which candidates cell-gstn must see: those whose first-pass probability ``q`` of a class
     could still reach that class's threshold ``t``. The score is ``sqrt(q * p)`` with ``p <= 1``,
     so ``q < t**2`` for every class means no detection whatever cell-gstn says: skipping those
     changes no result."""
-    first = np.asarray(first, float)
-    need = np.zeros(len(first), bool)
-    for k, c in enumerate(DETECT_CLASSES):
-        need |= first[:, k] >= params.thr(f"detect_{c}") ** 2
-    return need
+    return could_reach(first, np.ones((len(first), len(DETECT_CLASSES))), params)
 
 
 def needs_more_views(first: np.ndarray | None, probs: np.ndarray, classes: list, params, views: int) -> np.ndarray:
@@ -132,13 +150,8 @@ def needs_more_views(first: np.ndarray | None, probs: np.ndarray, classes: list,
     [False, True, False]
     """
     probs = np.asarray(probs, float)
-    need = np.zeros(len(probs), bool)
+    p_top = np.zeros((len(probs), len(DETECT_CLASSES)))  # a class the classifier lacks is never detected
     for k, c in enumerate(DETECT_CLASSES):
-        if c not in classes:
-            continue
-        top = (probs[:, classes.index(c)] + views - 1) / views
-        if first is not None:
-            q = np.asarray(first, float)[:, k]
-            top = np.where(np.isnan(q), top, np.sqrt(top * np.clip(np.nan_to_num(q, nan=1.0), 0, 1)))
-        need |= top >= params.thr(f"detect_{c}")
-    return need
+        if c in classes:
+            p_top[:, k] = (probs[:, classes.index(c)] + views - 1) / views
+    return could_reach(first, p_top, params)

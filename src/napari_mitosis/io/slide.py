@@ -160,14 +160,11 @@ class Slide:
                 if direct is None and self.fill_bad_tiles and self._checks_base_tiles():
                     # a computed level from checked stored tiles: damaged JPEG tiles never go unnoticed
                     block = self._read_filling(level, y0, y1, x0, x1)
-                elif direct is None and self._base_reader(level) is not None and \
+                elif direct is None and (base_read := self._base_reader(level)) is not None and \
                         (y1 - y0) * (x1 - x0) * 4 ** (level - self.file_levels + 1) <= COMPUTED_DIRECT_MAX_PX:
                     # a level computed by coarsening, from the stored level's tile reader: the same
-                    # 2x2 means as the dask graph, without its scheduling (a 6 MP region: 30 instead of 300 ms)
-                    k = 2 ** (level - self.file_levels + 1)
-                    block = self._base_reader(level)(y0 * k, y1 * k, x0 * k, x1 * k)
-                    for _ in range(level - self.file_levels + 1):
-                        block = mean2x2(block)
+                    # 2x2 means as the dask graph, without its scheduling (an 800 px tile: 23 instead of 68 ms)
+                    block = self._coarsened(level, y0, y1, x0, x1, base_read)
                 elif direct is None:
                     block = arr[y0:y1, x0:x1].compute(scheduler="threads")
                 elif self.fill_bad_tiles and getattr(direct, "fills_bad_tiles", False):
@@ -232,9 +229,16 @@ class Slide:
                     except Exception as exc:  # noqa: BLE001
                         self._bad(level, int(ca), int(ra), int(cb - ca), int(rb - ra), exc)
             return out
-        k = 2 ** (level - base)
-        fine = self._read_filling(base, y0 * k, y1 * k, x0 * k, x1 * k)
-        for _ in range(level - base):
+        return self._coarsened(level, y0, y1, x0, x1, lambda *box: self._read_filling(base, *box))
+
+    def _coarsened(self, level, y0, y1, x0, x1, read) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of a level computed by coarsening: the last stored level's
+        pixels under them (``read(y0, y1, x0, x1)`` in its coordinates), 2x2-averaged once per level
+        above it, as the level's dask graph computes them."""
+        up = level - (self.file_levels - 1)
+        k = 2**up
+        fine = read(y0 * k, y1 * k, x0 * k, x1 * k)
+        for _ in range(up):
             fine = mean2x2(fine)
         return fine
 

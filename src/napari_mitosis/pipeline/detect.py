@@ -404,8 +404,7 @@ def classify_points(slide, xy: np.ndarray, slide_mpp: float, params: DetectParam
         if params.views > 1 and n:  # the other views of the cells; the position stays the plain view's
             more = np.arange(n)
             if decisive_only:
-                more = np.flatnonzero(needs_more_views(None if first is None else first[:n], probs,
-                                                       list(spec.classes), params, params.views))
+                more = np.flatnonzero(needs_more_views(first, probs, list(spec.classes), params, params.views))
             for i in range(0, len(more), params.batch):
                 rows = more[i : i + params.batch]
                 x = torch.from_numpy(np.ascontiguousarray(inputs[rows])).permute(0, 3, 1, 2).to(device)
@@ -565,7 +564,7 @@ def detect_tile(slide, x: int, y: int, w: int, h: int, params: DetectParams, sli
         cand = cand.iloc[keep].reset_index(drop=True)
     first = cand[list(first_cols)].to_numpy(float) if first_cols[0] in cand else None
     if first is not None and not keep_all:  # cell-gstn only where its answer can matter
-        need = needs_classifier(np.nan_to_num(first, nan=1.0), params)
+        need = needs_classifier(first, params)  # (NaN: no first pass, always)
         cand, first = cand[need].reset_index(drop=True), first[need]
     if not len(cand):
         det = empty_detections(slide_mpp)

@@ -361,11 +361,13 @@ def build_net(stage: str, design: str = "fine"):
     return net, load_imagenet(net)
 
 
-def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True, design: str = "fine") -> int:
+def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True, design: str = "fine") -> tuple[int, dict]:
     """Continue from ``ckpt_dir/NAME.pt`` (weights, optimiser state when it has one, step) when it
     exists, else warm-start from the shipped weights (fp16, the step in their spec;
-    ``shipped=False``: keep the ImageNet start); returns the step. A cell-dense checkpoint of
-    another ``design`` is refused; shipped weights of another design are not used."""
+    ``shipped=False``: keep the ImageNet start); returns the step and what the run it continues
+    recorded (the checkpoint's settings, or the shipped spec's ``training``; empty from ImageNet).
+    A cell-dense checkpoint of another ``design`` is refused; shipped weights of another design
+    are not used."""
     from ..models.registry import WEIGHTS_DIR, read_spec
 
     name = NAMES[stage]
@@ -378,7 +380,7 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
         if "opt" in ck:
             opt.load_state_dict(ck["opt"])
         say(f"resumed {path} at step {ck['step']}" + ("" if "opt" in ck else " (weights only: optimiser state starts afresh)"))
-        return int(ck["step"])
+        return int(ck["step"]), {k: v for k, v in ck.items() if k not in ("model", "opt")}
     weights = WEIGHTS_DIR / f"{name}.pt"
     if shipped and stage == "dense" and weights.exists():
         spec = read_spec(name)
@@ -388,10 +390,11 @@ def resume(stage: str, net, opt, ckpt_dir: Path, say=print, shipped: bool = True
             shipped = False
     if shipped and weights.exists():
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        step = int(read_spec(name).training.get("steps", 0))
+        training = dict(read_spec(name).training)
+        step = int(training.get("steps", 0))
         say(f"warm start from the shipped {name} (step {step}; optimiser state starts afresh)")
-        return step
-    return 0
+        return step, training
+    return 0, {}
 
 
 def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, batch: int = 32, lr: float = 1e-3,
@@ -451,16 +454,14 @@ def train(stage: str, minutes: float, cache: Path = CACHE, threads: int = 1, bat
     net, missing = build_net(stage, design)
     log(f"{name}: not from ImageNet: {missing}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    step = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start, design=design)
+    step, before = resume(stage, net, opt, ckpt_dir, log, shipped=warm_start, design=design)
     net.train()
     t0 = last = time.time()
     run = []
     extra = {"seed": seed, "batch": batch, "train_on": sorted(train_on), "restain": restain_p}
     if scale_max is not None:  # and the step it began at (kept across resumed runs)
-        prev = ckpt_dir / f"{name}.pt"
-        prev = torch.load(prev, map_location="cpu", weights_only=True) if prev.exists() else {}
         extra["scale_max"] = float(scale_max)
-        extra["scale_max_from"] = int(prev.get("scale_max_from", step)) if prev.get("scale_max") else step
+        extra["scale_max_from"] = int(before.get("scale_max_from", step)) if before.get("scale_max") else step
     if stage == "dense":
         extra.update(DENSE_DESIGNS[design])
         if distill:
